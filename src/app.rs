@@ -1,0 +1,133 @@
+//! Assembly: database, migrations, worker and HTTP server, started and stopped
+//! as one. `main` and the tests both go through [`App::start`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::db;
+use crate::monitor::Worker;
+
+/// How long in-flight work may take to finish after a stop is asked for.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why the service could not start; each names the setting to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("DATABASE_URL: {0}")]
+    Database(String),
+    #[error("API_HOST/API_PORT: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// A running service.
+pub struct App {
+    addr: SocketAddr,
+    pool: Pool,
+    worker: Worker,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl App {
+    /// Prepares the database (creating and migrating it as needed), then
+    /// starts the worker and the HTTP server.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let (pool, db_config) = prepare_database(config).await?;
+        let worker = Worker::new(pool.clone(), db_config).await?;
+        let acceptor = TcpListener::bind(config.api_addr)
+            .into_acceptor()
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.api_addr,
+                source,
+            })?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(config.api_addr);
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        worker.spawn(&mut tasks, &shutdown);
+        let routes = api::routes(AppState {
+            pool: pool.clone(),
+            worker: worker.clone(),
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let server = poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+                routes,
+                stop.cancelled_owned(),
+                Some(Duration::from_secs(10)),
+            );
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, worker = worker.id(), "audit-alert started");
+        Ok(Self {
+            addr,
+            pool,
+            worker,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The address the HTTP server listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// Soft stop: no new claims, in-flight sends finish (within a deadline),
+    /// then every task ends.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(STOP_DEADLINE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("stop deadline passed; abandoning unfinished work");
+            self.tasks.abort_all();
+        }
+        self.pool.close();
+        tracing::info!("audit-alert stopped");
+    }
+}
+
+/// Creates the database if needed, applies migrations, and builds the pool.
+pub async fn prepare_database(
+    config: &Config,
+) -> Result<(Pool, tokio_postgres::Config), StartError> {
+    let mut db_config = config.database.clone();
+    if db_config.get_connect_timeout().is_none() {
+        db_config.connect_timeout(Duration::from_secs(10));
+    }
+    let mut client = db::connect_or_create(&db_config)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    db::migrate(&mut client).await?;
+    let pool = db::pool(&db_config, config.db_pool_size)?;
+    Ok((pool, db_config))
+}

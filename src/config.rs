@@ -1,0 +1,219 @@
+//! Typed configuration read from the environment (and a `.env` file), validated
+//! once at start. A bad value becomes a [`ConfigError`] naming the variable.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Where an unset `DATABASE_URL` points.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/audit_alert";
+
+/// A value that must never be printed: `Debug` shows only that it is set.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+/// Everything the service needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Connection settings (the password inside is never logged: tokio-postgres
+    /// redacts it in `Debug`).
+    pub database: tokio_postgres::Config,
+    /// Largest number of pooled database connections.
+    pub db_pool_size: usize,
+    pub api_addr: SocketAddr,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+    pub admin_token: Option<Secret>,
+    pub secret_key: Option<Secret>,
+}
+
+/// One bad setting: which variable, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` from the working
+    /// directory when there is one (real environment variables win).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(ConfigError::new(".env", e.to_string())),
+        }
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Builds the configuration from any variable source (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let database = database_config(&get)?;
+        let host = get("API_HOST").unwrap_or_else(|| "0.0.0.0".into());
+        let host: IpAddr = host
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new("API_HOST", format!("'{host}' is not an IP address")))?;
+        let port = parse_port("API_PORT", get("API_PORT"), 8000, true)?;
+        let db_pool_size = match get("DB_POOL_SIZE") {
+            None => 16,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::new(
+                        "DB_POOL_SIZE",
+                        format!("'{v}' is not a whole number from 1 to 1000"),
+                    ))
+                }
+            },
+        };
+        Ok(Self {
+            database,
+            db_pool_size,
+            api_addr: SocketAddr::new(host, port),
+            log_level: get("LOG_LEVEL")
+                .or_else(|| get("RUST_LOG"))
+                .unwrap_or_else(|| "info".into()),
+            log_file: get("LOG_FILE").map(PathBuf::from),
+            admin_token: get("ADMIN_TOKEN").map(Secret::new),
+            secret_key: get("SECRET_KEY").map(Secret::new),
+        })
+    }
+
+    /// The database name the connection settings point at.
+    pub fn database_name(&self) -> &str {
+        self.database.get_dbname().unwrap_or("postgres")
+    }
+}
+
+fn database_config(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<tokio_postgres::Config, ConfigError> {
+    if let Some(url) = get("DATABASE_URL") {
+        return tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
+            ConfigError::new(
+                "DATABASE_URL",
+                format!("not a valid PostgreSQL URL ({e}); expected postgres://user:password@host:port/database"),
+            )
+        });
+    }
+    let mut config = tokio_postgres::Config::from_str(DEFAULT_DATABASE_URL)
+        .expect("the default database URL parses");
+    if let Some(host) = get("DB_HOST") {
+        config.host(host.trim());
+    }
+    if get("DB_PORT").is_some() {
+        config.port(parse_port("DB_PORT", get("DB_PORT"), 5432, false)?);
+    }
+    if let Some(name) = get("DB_NAME") {
+        config.dbname(name.trim());
+    }
+    if let Some(user) = get("DB_USER") {
+        config.user(user.trim());
+    }
+    if let Some(password) = get("DB_PASSWORD") {
+        config.password(password);
+    }
+    Ok(config)
+}
+
+fn parse_port(
+    variable: &'static str,
+    value: Option<String>,
+    default: u16,
+    allow_zero: bool,
+) -> Result<u16, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(0) if allow_zero => Ok(0),
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        _ => Err(ConfigError::new(
+            variable,
+            format!("'{value}' is not a port number (1-65535)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_point_at_the_local_database() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_name(), "audit_alert");
+        assert_eq!(c.api_addr.port(), 8000);
+        assert_eq!(c.log_level, "info");
+    }
+
+    #[test]
+    fn database_url_is_built_from_parts() {
+        let c = config(&[("DB_HOST", "db"), ("DB_PORT", "6543"), ("DB_NAME", "x")]).unwrap();
+        assert_eq!(c.database.get_ports(), &[6543]);
+        assert_eq!(c.database_name(), "x");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = config(&[("API_PORT", "70000")]).unwrap_err();
+        assert_eq!(e.variable, "API_PORT");
+        assert!(e.to_string().starts_with("API_PORT: '70000'"), "{e}");
+        assert_eq!(
+            config(&[("DATABASE_URL", "nope://")]).unwrap_err().variable,
+            "DATABASE_URL"
+        );
+        assert_eq!(config(&[("DB_PORT", "0")]).unwrap_err().variable, "DB_PORT");
+        assert_eq!(
+            config(&[("API_HOST", "here")]).unwrap_err().variable,
+            "API_HOST"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = config(&[("ADMIN_TOKEN", "hunter2"), ("DB_PASSWORD", "pw-1234")]).unwrap();
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("pw-1234"),
+            "{printed}"
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! Database plumbing: creating the database, applying migrations under an
+//! advisory lock, and the connection pool.
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+mod embedded {
+    refinery::embed_migrations!("db/migrations");
+}
+
+/// Arbitrary constant: the advisory lock every copy takes around migrations, so
+/// two copies starting at once do not both migrate.
+const MIGRATION_LOCK: i64 = 0x6175_6469_745f_6d67;
+
+/// Why the database could not be reached or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Connects once, spawning the connection's driver task.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Connects to the configured database, creating it first when it does not
+/// exist and the role may create it.
+pub async fn connect_or_create(config: &tokio_postgres::Config) -> Result<Client, DbError> {
+    match connect(config).await {
+        Ok(client) => return Ok(client),
+        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
+        Err(e) => return Err(DbError::Connect(describe(&e))),
+    }
+    let name = config.get_dbname().unwrap_or("postgres").to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let client = connect(&admin)
+        .await
+        .map_err(|e| DbError::Connect(describe(&e)))?;
+    let create = format!("CREATE DATABASE {}", quote_ident(&name));
+    match client.batch_execute(&create).await {
+        Ok(()) => tracing::info!(database = %name, "created database"),
+        // Another copy created it a moment ago.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) => {
+            return Err(DbError::Connect(format!(
+                "database \"{name}\" does not exist and cannot be created: {}",
+                describe(&e)
+            )))
+        }
+    }
+    connect(config)
+        .await
+        .map_err(|e| DbError::Connect(describe(&e)))
+}
+
+/// Applies pending migrations; safe when several copies start together.
+pub async fn migrate(client: &mut Client) -> anyhow::Result<usize> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("Failed to take the migration lock")?;
+    let report = embedded::migrations::runner()
+        .set_abort_divergent(true)
+        .run_async(client)
+        .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("Failed to release the migration lock")?;
+    let report = report.context("Failed to apply migrations")?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(report.applied_migrations().len())
+}
+
+/// The pool every query but LISTEN goes through.
+pub fn pool(config: &tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("Failed to build the database pool")
+}
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A connection error in plain words, with the server's message when there is one.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    match e.source() {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,8 @@
+//! E-mail: SMTP transports built from the stored configuration, and the
+//! handlebars templates that turn alert records into messages.
+
+pub mod render;
+pub mod transport;
+
+pub use render::{AlertRecord, Renderer};
+pub use transport::{DeliveryError, Mailer, SmtpSettings};

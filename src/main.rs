@@ -1,0 +1,99 @@
+//! The `audit-alert` command line.
+
+use std::process::ExitCode;
+
+use audit_alert::app::{self, App};
+use audit_alert::config::Config;
+use audit_alert::{api, telemetry};
+use clap::{Parser, Subcommand};
+
+/// Turns content-moderation verdicts in PostgreSQL into e-mail alerts.
+///
+/// Configuration comes from the environment and a `.env` file in the working
+/// directory: DATABASE_URL (or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD),
+/// API_HOST, API_PORT, LOG_LEVEL, LOG_FILE, DB_POOL_SIZE.
+#[derive(Parser)]
+#[command(name = "audit-alert", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve the API and run the alert worker (the default).
+    Serve,
+    /// Create the database if needed and apply pending migrations, then exit.
+    Migrate,
+    /// Print the OpenAPI document (JSON unless --yaml).
+    Openapi {
+        /// Print YAML instead of JSON.
+        #[arg(long)]
+        yaml: bool,
+    },
+}
+
+/// Exit code for a bad setting.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi { yaml }) = cli.command {
+        println!(
+            "{}",
+            if yaml {
+                api::spec_yaml()
+            } else {
+                api::spec_json()
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env().and_then(|c| telemetry::init(&c).map(|()| c)) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_CONFIG, &e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Migrate => app::prepare_database(&config).await.map(|_| ()),
+            _ => serve(&config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
+    }
+}
+
+async fn serve(config: &Config) -> Result<(), app::StartError> {
+    let app = App::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight deliveries");
+    app.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// One clear line on stderr and a non-zero exit.
+fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("audit-alert: error: {error}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,288 @@
+//! Delivery of claimed alerts: grouped per table into digests of bounded size,
+//! rendered once per digest, sent to each recipient that does not have it yet,
+//! and judged per recipient (a permanent refusal by one does not hold back
+//! the others; a transient failure schedules a retry for those still missing).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures_util::future::join_all;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::Message;
+use serde_json::{Map, Value};
+
+use super::control::{Recipient, Snapshot};
+use super::queue::{ClaimedAlert, Outcome};
+use super::retry::RetryPolicy;
+use crate::mail::render::RenderedMail;
+use crate::mail::{AlertRecord, DeliveryError, Mailer, Renderer};
+
+/// Claimed alerts that go out as one e-mail.
+pub struct Digest<'a> {
+    pub table: &'a str,
+    pub alerts: Vec<&'a ClaimedAlert>,
+}
+
+/// Splits a claimed batch into digests: one table and one set of earlier
+/// deliveries per digest, at most `max_records` alerts each.
+pub fn group(alerts: &[ClaimedAlert], max_records: usize) -> Vec<Digest<'_>> {
+    let mut by_key: BTreeMap<(&str, Vec<String>), Vec<&ClaimedAlert>> = BTreeMap::new();
+    for a in alerts {
+        let mut done: Vec<String> = a
+            .delivered_to
+            .iter()
+            .chain(&a.refused_by)
+            .map(|e| e.to_lowercase())
+            .collect();
+        done.sort();
+        by_key
+            .entry((a.table_name.as_str(), done))
+            .or_default()
+            .push(a);
+    }
+    by_key
+        .into_iter()
+        .flat_map(|((table, _), alerts)| {
+            alerts
+                .chunks(max_records.max(1))
+                .map(|chunk| Digest {
+                    table,
+                    alerts: chunk.to_vec(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Sends one digest and decides the outcome of each of its alerts.
+pub async fn send_digest(
+    digest: &Digest<'_>,
+    rows: &HashMap<String, Map<String, Value>>,
+    snapshot: &Snapshot,
+    mailer: &Mailer,
+    renderer: &Renderer,
+) -> Vec<Outcome> {
+    let retry = &snapshot.switches.retry;
+    let recipients = snapshot
+        .recipients
+        .get(digest.table)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if recipients.is_empty() {
+        return judge_all(
+            digest,
+            retry,
+            &[],
+            &[("", transient("no active recipient"))],
+            None,
+        );
+    }
+    let records: Vec<AlertRecord> = digest
+        .alerts
+        .iter()
+        .map(|a| AlertRecord {
+            record_id: a.record_id.clone(),
+            verdict: a.verdict.clone(),
+            row: rows.get(&a.record_id).cloned(),
+            alerted_at: a.created_at,
+        })
+        .collect();
+    let mail = match renderer.render(digest.table, &records) {
+        Ok(mail) => mail,
+        Err(e) => {
+            let refused = DeliveryError::Permanent(e.to_string());
+            return judge_all(digest, retry, &[], &[("", refused)], None);
+        }
+    };
+    // Everyone in the digest has the same earlier deliveries (see `group`).
+    let done: HashSet<String> = digest.alerts[0]
+        .delivered_to
+        .iter()
+        .chain(&digest.alerts[0].refused_by)
+        .map(|e| e.to_lowercase())
+        .collect();
+    let targets: Vec<&Recipient> = recipients
+        .iter()
+        .filter(|r| !done.contains(&r.email.to_lowercase()))
+        .collect();
+    let message_id = format!("<{}@audit-alert>", uuid::Uuid::now_v7().simple());
+    let results = join_all(
+        targets
+            .iter()
+            .map(|r| send_one(mailer, r, &mail, &message_id)),
+    )
+    .await;
+    let mut delivered = Vec::new();
+    let mut failures = Vec::new();
+    for (r, result) in targets.iter().zip(results) {
+        match result {
+            Ok(()) => delivered.push(r.email.clone()),
+            Err(e) => {
+                tracing::warn!(table = digest.table, recipient = %r.email, error = %e, "delivery failed");
+                failures.push((r.email.as_str(), e));
+            }
+        }
+    }
+    judge_all(digest, retry, &delivered, &failures, Some(message_id))
+}
+
+fn transient(words: &str) -> DeliveryError {
+    DeliveryError::Transient(words.to_owned())
+}
+
+async fn send_one(
+    mailer: &Mailer,
+    to: &Recipient,
+    mail: &RenderedMail,
+    message_id: &str,
+) -> Result<(), DeliveryError> {
+    let address = to
+        .email
+        .parse()
+        .map_err(|e| DeliveryError::Permanent(format!("invalid address {}: {e}", to.email)))?;
+    let message = Message::builder()
+        .from(mailer.from().clone())
+        .to(Mailbox::new(
+            to.name.clone().filter(|n| !n.is_empty()),
+            address,
+        ))
+        .subject(mail.subject.clone())
+        .message_id(Some(message_id.to_owned()))
+        .multipart(MultiPart::alternative_plain_html(
+            mail.text.clone(),
+            mail.html.clone(),
+        ))
+        .map_err(|e| DeliveryError::Permanent(format!("cannot build the message: {e}")))?;
+    mailer.send(message).await
+}
+
+/// The outcome of every alert of a digest, from what happened per recipient.
+fn judge_all(
+    digest: &Digest<'_>,
+    retry: &RetryPolicy,
+    delivered_now: &[String],
+    failures: &[(&str, DeliveryError)],
+    message_id: Option<String>,
+) -> Vec<Outcome> {
+    let refused: Map<String, Value> = failures
+        .iter()
+        .filter(|(to, e)| !to.is_empty() && matches!(e, DeliveryError::Permanent(_)))
+        .map(|(to, e)| ((*to).to_owned(), Value::String(e.to_string())))
+        .collect();
+    let transient = failures
+        .iter()
+        .any(|(to, e)| matches!(e, DeliveryError::Transient(_)) || to.is_empty());
+    let last_error = (!failures.is_empty()).then(|| {
+        failures
+            .iter()
+            .map(|(to, e)| {
+                if to.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{to}: {e}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    digest
+        .alerts
+        .iter()
+        .map(|a| {
+            let mut delivered_to = a.delivered_to.clone();
+            delivered_to.extend(delivered_now.iter().cloned());
+            let attempts = a.attempts.max(0) as u32;
+            let (status, retry_in) = if transient && retry.may_retry(attempts) {
+                ("pending", retry.delay(attempts, fastrand::f64()))
+            } else if !transient && !delivered_to.is_empty() {
+                ("sent", Default::default())
+            } else {
+                ("failed", Default::default())
+            };
+            Outcome {
+                id: a.id,
+                status,
+                delivered_to,
+                refused: refused.clone(),
+                last_error: last_error.clone(),
+                retry_in_ms: retry_in.as_millis() as i64,
+                message_id: (!delivered_now.is_empty())
+                    .then(|| message_id.clone())
+                    .flatten(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(id: i64, table: &str, delivered: &[&str]) -> ClaimedAlert {
+        ClaimedAlert {
+            id,
+            table_name: table.into(),
+            record_id: id.to_string(),
+            verdict: "不合格".into(),
+            attempts: 1,
+            delivered_to: delivered.iter().map(|s| s.to_string()).collect(),
+            refused_by: vec![],
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn groups_by_table_and_bounds_digests() {
+        let mut alerts: Vec<_> = (0..5).map(|i| alert(i, "a", &[])).collect();
+        alerts.push(alert(9, "b", &[]));
+        alerts.push(alert(10, "a", &["x@y.z"]));
+        let digests = group(&alerts, 2);
+        let sizes: Vec<_> = digests.iter().map(|d| (d.table, d.alerts.len())).collect();
+        assert_eq!(sizes, [("a", 2), ("a", 2), ("a", 1), ("a", 1), ("b", 1)]);
+    }
+
+    #[test]
+    fn one_permanent_refusal_does_not_fail_the_others() {
+        let alerts = [alert(1, "a", &[])];
+        let digests = group(&alerts, 10);
+        let failures = [("bad@x.y", DeliveryError::Permanent("550".into()))];
+        let out = judge_all(
+            &digests[0],
+            &RetryPolicy::default(),
+            &["ok@x.y".into()],
+            &failures,
+            None,
+        );
+        assert_eq!(out[0].status, "sent");
+        assert!(out[0].refused.contains_key("bad@x.y"));
+        assert!(out[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("bad@x.y: 550"));
+    }
+
+    #[test]
+    fn transient_failures_retry_then_fail() {
+        let mut a = alert(1, "a", &[]);
+        let failures = [("x@y.z", DeliveryError::Transient("421".into()))];
+        let policy = RetryPolicy::default();
+        let out = judge_all(
+            &group(std::slice::from_ref(&a), 10)[0],
+            &policy,
+            &[],
+            &failures,
+            None,
+        );
+        assert_eq!(out[0].status, "pending");
+        assert!(out[0].retry_in_ms > 0);
+        a.attempts = policy.max_attempts as i32;
+        let out = judge_all(
+            &group(std::slice::from_ref(&a), 10)[0],
+            &policy,
+            &[],
+            &failures,
+            None,
+        );
+        assert_eq!(out[0].status, "failed");
+    }
+}

@@ -1,0 +1,303 @@
+//! The alert worker: listener, dispatcher and sweeper around one shared
+//! [`Worker`]. Triggers insert pending alerts and NOTIFY; the listener wakes
+//! the dispatcher, which claims, sends and records; the sweeper catches what
+//! no trigger reported. PostgreSQL is the only coordinator between copies.
+
+pub mod control;
+pub mod dispatcher;
+pub mod listener;
+pub mod queue;
+pub mod retry;
+pub mod status;
+pub mod sweeper;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use control::Snapshot;
+use status::MonitorStatus;
+use sweeper::SweepReport;
+
+use crate::mail::{Mailer, Renderer};
+
+/// Channel the alert triggers notify.
+pub const DATA_CHANNEL: &str = "audit_alert";
+/// Channel configuration changes notify.
+pub const CONTROL_CHANNEL: &str = "audit_alert_control";
+
+/// Digests sent at once from one claimed batch.
+const PARALLEL_DIGESTS: usize = 4;
+/// Pooled SMTP connections per worker.
+const SMTP_POOL_SIZE: u32 = 8;
+
+/// Cheap to clone; every task holds one.
+#[derive(Clone)]
+pub struct Worker(Arc<Inner>);
+
+struct Inner {
+    pool: Pool,
+    db_config: tokio_postgres::Config,
+    /// Names this copy in leases (`locked_by`).
+    id: String,
+    // std locks: nothing awaits while they are held.
+    snapshot: RwLock<Arc<Snapshot>>,
+    mailer: Mutex<Option<Mailer>>,
+    renderer: Renderer,
+    wake: Notify,
+    config_changed: Notify,
+    rearm_sweep: Notify,
+    swept_fully: AtomicBool,
+    status: MonitorStatus,
+}
+
+impl Worker {
+    /// Loads the configuration; nothing runs until [`Worker::spawn`].
+    pub async fn new(pool: Pool, db_config: tokio_postgres::Config) -> anyhow::Result<Self> {
+        let worker = Self(Arc::new(Inner {
+            pool,
+            db_config,
+            id: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            snapshot: RwLock::default(),
+            mailer: Mutex::new(None),
+            renderer: Renderer::default_templates(),
+            wake: Notify::new(),
+            config_changed: Notify::new(),
+            rearm_sweep: Notify::new(),
+            swept_fully: AtomicBool::new(false),
+            status: MonitorStatus::default(),
+        }));
+        worker.reload().await?;
+        Ok(worker)
+    }
+
+    /// Starts the listener, dispatcher, sweeper and configuration tasks.
+    pub fn spawn(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        tasks.spawn(listener::run(self.clone(), shutdown.clone()));
+        tasks.spawn(self.clone().dispatch_loop(shutdown.clone()));
+        tasks.spawn(self.clone().sweep_loop(shutdown.clone()));
+        tasks.spawn(self.clone().config_loop(shutdown.clone()));
+    }
+
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    pub fn status(&self) -> &MonitorStatus {
+        &self.0.status
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.0.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    pub(crate) fn db_config(&self) -> &tokio_postgres::Config {
+        &self.0.db_config
+    }
+
+    /// Asks the dispatcher to look for due alerts now.
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    pub(crate) fn config_changed(&self) {
+        self.0.config_changed.notify_one();
+    }
+
+    /// Re-reads the configuration and rebuilds the SMTP transport if its
+    /// server changed.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let snapshot = Snapshot::load(&self.0.pool).await?;
+        {
+            let mut mailer = self.0.mailer.lock().expect("mailer lock");
+            *mailer = match &snapshot.smtp {
+                None => None,
+                Some(settings) => {
+                    match Mailer::reuse_or_new(mailer.as_ref(), settings.clone(), SMTP_POOL_SIZE) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::error!(smtp_config = settings.id, error = %e, "unusable SMTP configuration");
+                            None
+                        }
+                    }
+                }
+            };
+        }
+        let previous = std::mem::replace(
+            &mut *self.0.snapshot.write().expect("snapshot lock"),
+            Arc::new(snapshot),
+        );
+        if previous.switches.check_interval != self.snapshot().switches.check_interval {
+            self.0.rearm_sweep.notify_one();
+        }
+        Ok(())
+    }
+
+    /// What the listener does after every (re)connect: the configuration may
+    /// have changed and notifications may have been missed.
+    pub async fn catch_up(&self) {
+        if let Err(e) = self.reload().await {
+            tracing::error!(error = format!("{e:#}"), "configuration reload failed");
+        }
+        if let Err(e) = self.sweep_once().await {
+            tracing::error!(error = format!("{e:#}"), "catch-up sweep failed");
+        }
+        self.wake();
+    }
+
+    /// One sweep of every watched table (the first one of a process compares
+    /// every flagged row; later ones only new rows of integer-id tables).
+    pub async fn sweep_once(&self) -> anyhow::Result<SweepReport> {
+        let full = !self.0.swept_fully.load(Ordering::Relaxed);
+        let report = sweeper::sweep(&self.0.pool, &self.snapshot().tables, full).await?;
+        self.0.swept_fully.store(true, Ordering::Relaxed);
+        self.0.status.note_sweep(&report);
+        if report.found > 0 {
+            self.wake();
+        }
+        Ok(report)
+    }
+
+    /// Claims one batch of due alerts and delivers it; returns how many
+    /// alerts it handled (0 when paused, unconfigured or idle).
+    pub async fn deliver_once(&self) -> anyhow::Result<usize> {
+        let snapshot = self.snapshot();
+        let switches = &snapshot.switches;
+        if !switches.monitor_enabled {
+            return Ok(0);
+        }
+        let limit = (switches.digest_max_records * PARALLEL_DIGESTS) as i64;
+        if !switches.email_enabled {
+            return Ok(queue::suppress_due(&self.0.pool, limit).await? as usize);
+        }
+        let Some(mailer) = self.0.mailer.lock().expect("mailer lock").clone() else {
+            return Ok(0);
+        };
+        let tables = snapshot.deliverable_tables();
+        if tables.is_empty() {
+            return Ok(0);
+        }
+        let pool = &self.0.pool;
+        let claimed =
+            queue::claim(pool, &tables, limit, &self.0.id, switches.sending_lease).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let mut rows = HashMap::new();
+        for table in &tables {
+            let ids: Vec<&str> = claimed
+                .iter()
+                .filter(|a| &a.table_name == table)
+                .map(|a| a.record_id.as_str())
+                .collect();
+            if let (false, Some(t)) = (ids.is_empty(), snapshot.table(table)) {
+                rows.insert(table.as_str(), queue::fetch_rows(pool, t, &ids).await?);
+            }
+        }
+        let empty = HashMap::new();
+        let digests = dispatcher::group(&claimed, switches.digest_max_records);
+        let outcomes = join_all(digests.iter().map(|d| {
+            let rows = rows.get(d.table).unwrap_or(&empty);
+            dispatcher::send_digest(d, rows, &snapshot, &mailer, &self.0.renderer)
+        }))
+        .await;
+        let outcomes: Vec<_> = outcomes.into_iter().flatten().collect();
+        queue::complete(pool, &self.0.id, &outcomes)
+            .await
+            .context("Mail went out but its outcome was not recorded; it may be sent again")?;
+        self.0.status.note_delivery(&outcomes);
+        Ok(claimed.len())
+    }
+
+    /// Delivers until idle, then waits for a wake-up, the next retry, or
+    /// shutdown. An in-flight batch always finishes before the loop ends.
+    async fn dispatch_loop(self, shutdown: CancellationToken) {
+        loop {
+            let mut failed = false;
+            loop {
+                let limit = self.snapshot().switches.digest_max_records * PARALLEL_DIGESTS;
+                match self.deliver_once().await {
+                    Ok(n) if n >= limit && !shutdown.is_cancelled() => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "delivery failed");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let wait = if failed {
+                Duration::from_secs(1)
+            } else {
+                self.until_next_due().await
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.0.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// How long until a waiting alert falls due (retries, expired leases).
+    async fn until_next_due(&self) -> Duration {
+        const IDLE: Duration = Duration::from_secs(60);
+        let snapshot = self.snapshot();
+        let switches = &snapshot.switches;
+        if !switches.monitor_enabled || self.0.mailer.lock().expect("mailer lock").is_none() {
+            return IDLE;
+        }
+        match queue::next_due(&self.0.pool, &snapshot.deliverable_tables()).await {
+            Ok(Some(at)) => (at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(IDLE),
+            Ok(None) => IDLE,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot look up the next due alert"
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// Sweeps every `check_interval`, re-armed at once when it changes.
+    async fn sweep_loop(self, shutdown: CancellationToken) {
+        loop {
+            let interval = self.snapshot().switches.check_interval;
+            self.0.status.set_next_sweep(interval);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.0.rearm_sweep.notified() => continue,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Err(e) = self.sweep_once().await {
+                tracing::error!(error = format!("{e:#}"), "sweep failed");
+            }
+        }
+    }
+
+    /// Applies configuration changes announced on the control channel.
+    async fn config_loop(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.0.config_changed.notified() => {}
+            }
+            match self.reload().await {
+                Ok(()) => self.wake(),
+                Err(e) => tracing::error!(error = format!("{e:#}"), "configuration reload failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The alert outbox (`email_sent_log`): claiming due alerts, recording what
+//! happened, and the look-ups the dispatcher needs. Every statement is short;
+//! no transaction stays open while mail is being sent.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::control::WatchedTable;
+use crate::db::quote_ident;
+
+/// An alert this worker holds the lease on.
+#[derive(Clone, Debug)]
+pub struct ClaimedAlert {
+    pub id: i64,
+    pub table_name: String,
+    pub record_id: String,
+    pub verdict: String,
+    /// Attempts made, this one included.
+    pub attempts: i32,
+    /// Recipients that already have it (from an earlier, partly failed attempt).
+    pub delivered_to: Vec<String>,
+    /// Recipients that refused it for good.
+    pub refused_by: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What became of one claimed alert.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub id: i64,
+    /// `sent`, `failed` or `pending` (to be retried).
+    pub status: &'static str,
+    pub delivered_to: Vec<String>,
+    /// Recipient → permanent error, added to what was recorded before.
+    pub refused: Map<String, Value>,
+    pub last_error: Option<String>,
+    /// For `pending`: wait before the next attempt.
+    pub retry_in_ms: i64,
+    pub message_id: Option<String>,
+}
+
+/// Takes up to `limit` due alerts of `tables` (pending ones whose time has
+/// come, and sending ones whose lease ran out), skipping rows another copy holds.
+pub async fn claim(
+    pool: &Pool,
+    tables: &[String],
+    limit: i64,
+    worker: &str,
+    lease: Duration,
+) -> anyhow::Result<Vec<ClaimedAlert>> {
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let rows = client
+        .query(
+            "UPDATE email_sent_log e
+                SET status = 'sending', attempts = e.attempts + 1, locked_by = $3,
+                    next_attempt_at = now() + make_interval(secs => $4), updated_at = now()
+               FROM (SELECT id FROM email_sent_log
+                      WHERE status IN ('pending', 'sending') AND next_attempt_at <= now()
+                        AND table_name = ANY($1)
+                      ORDER BY next_attempt_at
+                      LIMIT $2
+                      FOR UPDATE SKIP LOCKED) due
+              WHERE e.id = due.id
+          RETURNING e.id, e.table_name, e.record_id, e.verdict, e.attempts, e.delivered_to,
+                    ARRAY(SELECT jsonb_object_keys(e.failed_recipients)), e.created_at",
+            &[&tables, &limit, &worker, &lease.as_secs_f64()],
+        )
+        .await
+        .context("Failed to claim due alerts")?;
+    let mut alerts: Vec<ClaimedAlert> = rows
+        .iter()
+        .map(|r| ClaimedAlert {
+            id: r.get(0),
+            table_name: r.get(1),
+            record_id: r.get(2),
+            verdict: r.get(3),
+            attempts: r.get(4),
+            delivered_to: r.get(5),
+            refused_by: r.get(6),
+            created_at: r.get(7),
+        })
+        .collect();
+    alerts.sort_by_key(|a| a.id);
+    Ok(alerts)
+}
+
+/// With e-mail switched off: due alerts are recorded as suppressed, not sent.
+pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    client
+        .execute(
+            "UPDATE email_sent_log e SET status = 'suppressed', updated_at = now()
+               FROM (SELECT id FROM email_sent_log
+                      WHERE status = 'pending' AND next_attempt_at <= now()
+                      LIMIT $1 FOR UPDATE SKIP LOCKED) due
+              WHERE e.id = due.id",
+            &[&limit],
+        )
+        .await
+        .context("Failed to suppress due alerts")
+}
+
+/// Records outcomes, only for alerts this worker still holds.
+pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow::Result<u64> {
+    if outcomes.is_empty() {
+        return Ok(0);
+    }
+    let batch = serde_json::to_value(outcomes).context("Failed to encode outcomes")?;
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    client
+        .execute(
+            "UPDATE email_sent_log e
+                SET status = o.status,
+                    delivered_to = o.delivered_to,
+                    failed_recipients = e.failed_recipients || o.refused,
+                    error_message = o.last_error,
+                    message_id = COALESCE(o.message_id, e.message_id),
+                    sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE e.sent_at END,
+                    next_attempt_at = now() + make_interval(secs => o.retry_in_ms / 1000.0),
+                    locked_by = NULL,
+                    recipients = array_to_string(o.delivered_to, ','),
+                    updated_at = now()
+               FROM jsonb_to_recordset($2::jsonb) AS o(id bigint, status text,
+                    delivered_to text[], refused jsonb, last_error text, retry_in_ms bigint,
+                    message_id text)
+              WHERE e.id = o.id AND e.locked_by = $1 AND e.status = 'sending'",
+            &[&worker, &batch],
+        )
+        .await
+        .context("Failed to record delivery outcomes")
+}
+
+/// When the next alert of `tables` falls due, if any is waiting.
+pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let row = client
+        .query_one(
+            "SELECT min(next_attempt_at) FROM email_sent_log
+              WHERE status IN ('pending', 'sending') AND table_name = ANY($1)",
+            &[&tables],
+        )
+        .await
+        .context("Failed to look up the next due alert")?;
+    Ok(row.get(0))
+}
+
+/// The current rows behind `record_ids`, by id (deleted rows are absent).
+pub async fn fetch_rows(
+    pool: &Pool,
+    table: &WatchedTable,
+    record_ids: &[&str],
+) -> anyhow::Result<std::collections::HashMap<String, Map<String, Value>>> {
+    // The relation comes from regclass output and the type from format_type,
+    // both already valid SQL; the column is quoted here.
+    let sql = format!(
+        "SELECT t.{col}::text, row_to_json(t) FROM {rel} t WHERE t.{col} = ANY($1::text[]::{ty}[])",
+        col = quote_ident(&table.id_column),
+        rel = table.relation,
+        ty = table.id_type,
+    );
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let rows = client
+        .query(&sql, &[&record_ids])
+        .await
+        .with_context(|| format!("Failed to read rows of {}", table.name))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let id: String = r.get(0);
+            match r.get::<_, Value>(1) {
+                Value::Object(map) => Some((id, map)),
+                _ => None,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,130 @@
+//! The fallback sweep: finds flagged rows that have no alert yet (triggers
+//! bypassed, rows written while no trigger existed) and enqueues them.
+//!
+//! Tables with integer ids are swept incrementally above a watermark, so a
+//! sweep with nothing to do costs two index look-ups however large the table.
+//! Other tables, and the first sweep after start, compare every flagged row.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+
+use super::control::WatchedTable;
+use crate::db::quote_ident;
+
+/// Advisory lock class for sweeping a table; the second key is the table id.
+const SWEEP_LOCK: i32 = 0x5357;
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    /// Alerts created for rows no trigger had reported.
+    pub found: u64,
+    pub tables: usize,
+    /// Tables skipped because another copy was sweeping them.
+    pub skipped: usize,
+    pub duration: Duration,
+}
+
+/// Sweeps every table; `full` compares every flagged row, not only new ones.
+pub async fn sweep(
+    pool: &Pool,
+    tables: &[WatchedTable],
+    full: bool,
+) -> anyhow::Result<SweepReport> {
+    let started = Instant::now();
+    let mut report = SweepReport::default();
+    for table in tables {
+        match sweep_table(pool, table, full).await? {
+            Some(found) => {
+                report.found += found;
+                report.tables += 1;
+            }
+            None => report.skipped += 1,
+        }
+    }
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// `None` when another copy holds the table's sweep lock.
+async fn sweep_table(pool: &Pool, table: &WatchedTable, full: bool) -> anyhow::Result<Option<u64>> {
+    let mut client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let tx = client
+        .transaction()
+        .await
+        .context("Failed to start a sweep")?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, $2)",
+            &[&SWEEP_LOCK, &table.id],
+        )
+        .await
+        .context("Failed to take the sweep lock")?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let col = quote_ident(&table.id_column);
+    let verdict = quote_ident(&table.verdict_column);
+    let insert = |range: &str| {
+        format!(
+            "INSERT INTO email_sent_log (table_name, record_id, verdict)
+             SELECT $1::text, t.{col}::text, t.{verdict}::text FROM {rel} t
+              WHERE t.{verdict}::text = ANY($2) {range}
+                AND NOT EXISTS (SELECT 1 FROM email_sent_log e
+                                 WHERE e.table_name = $1::text AND e.record_id = t.{col}::text
+                                   AND e.verdict = t.{verdict}::text)
+             ON CONFLICT (table_name, record_id, verdict) DO NOTHING",
+            rel = table.relation
+        )
+    };
+    let found = if table.has_integer_ids() {
+        let row = tx
+            .query_one(
+                "SELECT sweep_watermark, sweep_horizon FROM watched_tables WHERE id = $1 FOR UPDATE",
+                &[&table.id],
+            )
+            .await
+            .context("Failed to read the sweep watermark")?;
+        let (watermark, horizon): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        let max: Option<i64> = tx
+            .query_one(
+                &format!("SELECT max({col})::bigint FROM {}", table.relation),
+                &[],
+            )
+            .await
+            .with_context(|| format!("Failed to read the newest id of {}", table.name))?
+            .get(0);
+        let from = if full { None } else { watermark };
+        let found = tx
+            .execute(
+                &insert(&format!("AND t.{col} > $3")),
+                &[&table.name, &table.verdicts, &from.unwrap_or(i64::MIN)],
+            )
+            .await
+            .with_context(|| format!("Failed to sweep {}", table.name))?;
+        // Next time, start at what the previous sweep saw as newest: a row
+        // with a smaller id committed after this sweep is still looked at.
+        tx.execute(
+            "UPDATE watched_tables SET sweep_watermark = $2, sweep_horizon = $3 WHERE id = $1",
+            &[&table.id, &horizon, &max],
+        )
+        .await
+        .context("Failed to move the sweep watermark")?;
+        found
+    } else {
+        tx.execute(&insert(""), &[&table.name, &table.verdicts])
+            .await
+            .with_context(|| format!("Failed to sweep {}", table.name))?
+    };
+    tx.commit().await.context("Failed to finish a sweep")?;
+    if found > 0 {
+        tracing::warn!(table = %table.name, found, "sweep found flagged rows no trigger reported");
+    }
+    Ok(Some(found))
+}
