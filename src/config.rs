@@ -6,9 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// Where an unset `DATABASE_URL` points.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/audit_alert";
-
 /// A value that must never be printed: `Debug` shows only that it is set.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -124,20 +121,11 @@ fn database_config(
             )
         });
     }
-    let mut config = tokio_postgres::Config::from_str(DEFAULT_DATABASE_URL)
-        .expect("the default database URL parses");
-    if let Some(host) = get("DB_HOST") {
-        config.host(host.trim());
-    }
-    if get("DB_PORT").is_some() {
-        config.port(parse_port("DB_PORT", get("DB_PORT"), 5432, false)?);
-    }
-    if let Some(name) = get("DB_NAME") {
-        config.dbname(name.trim());
-    }
-    if let Some(user) = get("DB_USER") {
-        config.user(user.trim());
-    }
+    let mut config = tokio_postgres::Config::new();
+    config.host(get("DB_HOST").as_deref().map_or("localhost", str::trim));
+    config.port(parse_port("DB_PORT", get("DB_PORT"), 5432, false)?);
+    config.dbname(get("DB_NAME").as_deref().map_or("audit_alert", str::trim));
+    config.user(get("DB_USER").as_deref().map_or("postgres", str::trim));
     if let Some(password) = get("DB_PASSWORD") {
         config.password(password);
     }
@@ -188,6 +176,7 @@ mod tests {
     fn database_url_is_built_from_parts() {
         let c = config(&[("DB_HOST", "db"), ("DB_PORT", "6543"), ("DB_NAME", "x")]).unwrap();
         assert_eq!(c.database.get_ports(), &[6543]);
+        assert_eq!(c.database.get_hosts().len(), 1);
         assert_eq!(c.database_name(), "x");
     }
 

@@ -1,12 +1,12 @@
 //! audit-alert: content-moderation verdicts in PostgreSQL become e-mail alerts.
 //!
-//! - [`config`]: settings from the environment, validated at start.
-//! - [`db`]: creating and migrating the database, the connection pool.
-//! - [`monitor`]: the worker: listener, dispatcher, sweeper, alert outbox.
-//! - [`mail`]: SMTP transports and message templates.
-//! - [`api`]: the HTTP API and its OpenAPI document.
-//! - [`app`]: everything above assembled into one running service.
-//! - [`telemetry`]: logging.
+//! - `config`: settings from the environment, validated at start.
+//! - `db`: creating and migrating the database, the connection pool.
+//! - `monitor`: the worker: listener, dispatcher, sweeper, alert outbox.
+//! - `mail`: SMTP transports and message templates.
+//! - `api`: the HTTP API and its OpenAPI document.
+//! - `app`: everything above assembled into one running service.
+//! - `telemetry`: logging.
 
 pub mod api;
 pub mod app;

@@ -237,7 +237,7 @@ mod tests {
         let mail = r.render("t", &recs).unwrap();
         assert_eq!(
             mail.subject,
-            "【内容审核告警】t: 3 条记录 (不确定 1, 不合格 2)"
+            "【内容审核告警】t: 3 条记录 (不合格 2, 不确定 1)"
         );
         assert!(mail.html.contains("#f29900"));
     }

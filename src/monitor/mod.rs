@@ -10,6 +10,7 @@ pub mod queue;
 pub mod retry;
 pub mod status;
 pub mod sweeper;
+pub mod tables;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -103,7 +103,7 @@ async fn sweep_table(pool: &Pool, table: &WatchedTable, full: bool) -> anyhow::R
         let from = if full { None } else { watermark };
         let found = tx
             .execute(
-                &insert(&format!("AND t.{col} > $3")),
+                &insert(&format!("AND t.{col} > $3::bigint")),
                 &[&table.name, &table.verdicts, &from.unwrap_or(i64::MIN)],
             )
             .await

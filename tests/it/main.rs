@@ -1,0 +1,7 @@
+//! Integration tests: the real service against a fresh PostgreSQL database and
+//! a real SMTP server per test, asserting on the e-mail that arrived.
+
+mod helpers;
+mod pipeline;
+mod startup;
+mod upgrade;

@@ -1,0 +1,460 @@
+//! The pipeline end to end: a row is written, an e-mail arrives.
+
+use crate::helpers::*;
+
+const FAIL: &str = "不合格";
+const UNSURE: &str = "不确定";
+const PASS: &str = "合格";
+
+#[tokio::test]
+async fn a_flagged_row_arrives_as_one_mail_carrying_its_fields() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO audit_results (verdict, url, reason)
+             VALUES ($1, 'https://example.com/p/42', '色情低俗') RETURNING id",
+            &[&FAIL],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let mails = smtp.wait_for_count(1).await;
+    let mail = &mails[0];
+    assert_eq!(mail.envelope_to, ["oncall@example.com"]);
+    assert_eq!(
+        mail.subject,
+        format!("【内容审核告警】不合格 - audit_results 记录 {id}")
+    );
+    assert_eq!(mail.from, "审核告警 <alerts@example.com>");
+    assert_eq!(mail.record_ids(), [id.to_string()]);
+    for field in ["https://example.com/p/42", "色情低俗", FAIL, "created_at"] {
+        assert!(
+            mail.text.contains(field),
+            "text part lacks {field}: {}",
+            mail.text
+        );
+        assert!(mail.html.contains(field), "html part lacks {field}");
+    }
+    assert!(mail.html.contains("#d93025"), "不合格 is red");
+
+    wait_for_count_query(
+        &client,
+        &format!(
+            "SELECT count(*) FROM email_sent_log WHERE table_name = 'audit_results'
+                AND record_id = '{id}' AND status = 'sent' AND message_id = '<{}>'",
+            mail.message_id
+        ),
+        1,
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_passing_row_sends_nothing() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let passing = insert_audit_rows(&client, 3, PASS).await;
+    // A flagged row written after them: once its mail is in, the passing rows
+    // had every chance to produce one.
+    let flagged = insert_audit_rows(&client, 1, UNSURE).await;
+    let mails = smtp.wait_for_count(1).await;
+    app.worker().deliver_once().await.unwrap();
+
+    assert_eq!(smtp.received().len(), 1);
+    assert_eq!(mails[0].record_ids(), [flagged[0].to_string()]);
+    assert!(mails[0].html.contains("#f29900"), "不确定 is orange");
+    let alerts: i64 = client
+        .query_one(
+            "SELECT count(*) FROM email_sent_log WHERE record_id = ANY($1)",
+            &[&passing.iter().map(i64::to_string).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(alerts, 0, "passing rows leave no alert record");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn image_results_go_only_to_their_recipients() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(
+        &db,
+        smtp.port,
+        &[
+            ("audit_results", "text-team@example.com"),
+            ("image_audit_results", "image-team@example.com"),
+        ],
+    )
+    .await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO image_audit_results (audit_result, ip_address, mac_address, reasons)
+             VALUES ($1, '10.1.2.3', 'aa:bb:cc:dd:ee:ff', '暴力血腥') RETURNING id",
+            &[&FAIL],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let mails = smtp.wait_for_count(1).await;
+    app.worker().deliver_once().await.unwrap();
+    assert_eq!(smtp.received().len(), 1);
+    assert_eq!(mails[0].envelope_to, ["image-team@example.com"]);
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+    for field in ["10.1.2.3", "aa:bb:cc:dd:ee:ff", "暴力血腥"] {
+        assert!(mails[0].text.contains(field), "lacks {field}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_record_alerts_once_even_across_a_restart() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let id = insert_audit_rows(&client, 1, FAIL).await[0];
+    smtp.wait_for_count(1).await;
+    // Same verdict written again, and another column touched.
+    client
+        .execute(
+            "UPDATE audit_results SET verdict = $2, reason = 'x' WHERE id = $1",
+            &[&id, &FAIL],
+        )
+        .await
+        .unwrap();
+    app.stop().await;
+
+    let app = db.start().await;
+    let swept = app.worker().sweep_once().await.unwrap();
+    assert_eq!(swept.found, 0);
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+    assert_eq!(smtp.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_verdict_change_from_uncertain_to_fail_alerts_again() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let id = insert_audit_rows(&client, 1, UNSURE).await[0];
+    smtp.wait_for_count(1).await;
+    client
+        .execute(
+            "UPDATE audit_results SET verdict = $2 WHERE id = $1",
+            &[&id, &FAIL],
+        )
+        .await
+        .unwrap();
+    let mails = smtp.wait_for_count(2).await;
+    assert!(mails[0].subject.contains(UNSURE));
+    assert!(mails[1].subject.contains(FAIL));
+    assert_eq!(mails[1].record_ids(), [id.to_string()]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let client = db.client().await;
+    let ids = insert_audit_rows(&client, 3, FAIL).await;
+
+    let app = db.start().await;
+    let mails = smtp
+        .wait_for("all three records", |m| id_counts(m).len() == 3)
+        .await;
+    let counts = id_counts(&mails);
+    for id in ids {
+        assert_eq!(counts.get(&id.to_string()), Some(&1));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    // Let the start-up sweep pass, so the rows below are found by a later one.
+    app.worker().sweep_once().await.unwrap();
+
+    let client = db.client().await;
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    let ids = insert_audit_rows(&client, 5, FAIL).await;
+    client
+        .batch_execute("SET session_replication_role = origin")
+        .await
+        .unwrap();
+    let pending: i64 = client
+        .query_one("SELECT count(*) FROM email_sent_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "no trigger fired");
+
+    let report = app.worker().sweep_once().await.unwrap();
+    assert_eq!(report.found, 5);
+    let mails = smtp
+        .wait_for("the swept records", |m| id_counts(m).len() == 5)
+        .await;
+    let counts = id_counts(&mails);
+    assert!(
+        ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
+        "{counts:?}"
+    );
+    // A second sweep finds nothing new.
+    assert_eq!(app.worker().sweep_once().await.unwrap().found, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_smtp_outage_is_retried_until_the_server_is_back() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    db.migrate().await;
+    configure(&db, port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let id = insert_audit_rows(&client, 1, FAIL).await[0];
+    // Attempts are made and fail while nothing listens.
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log
+          WHERE status = 'pending' AND attempts >= 2 AND error_message IS NOT NULL",
+        1,
+    )
+    .await;
+
+    let smtp = SmtpServer::start_on_port(port);
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log WHERE status = 'sent'",
+        1,
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_recipient_refused_for_good_does_not_hold_back_the_others() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
+    db.migrate().await;
+    configure(
+        &db,
+        smtp.port,
+        &[
+            ("audit_results", "gone@example.com"),
+            ("audit_results", "oncall@example.com"),
+        ],
+    )
+    .await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    insert_audit_rows(&client, 1, FAIL).await;
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].envelope_to, ["oncall@example.com"]);
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log WHERE status = 'sent'
+            AND delivered_to = '{oncall@example.com}' AND failed_recipients ? 'gone@example.com'
+            AND error_message LIKE 'gone@example.com: %550%'",
+        1,
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_copies_on_one_database_send_every_record_exactly_once() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let client = db.client().await;
+    // Small digests so that both copies get plenty of claims.
+    set_config(&client, "digest_max_records", "5").await;
+    let first = db.start().await;
+    let second = db.start().await;
+
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.extend(insert_audit_rows(&client, 10, FAIL).await);
+    }
+    let mails = smtp
+        .wait_for("1000 records", |m| id_counts(m).len() >= 1000)
+        .await;
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log WHERE status <> 'sent'",
+        0,
+    )
+    .await;
+    first.stop().await;
+    second.stop().await;
+
+    let counts = id_counts(&smtp.received());
+    assert_eq!(counts.len(), 1000);
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(doubled.is_empty(), "mailed more than once: {doubled:?}");
+    assert!(ids.iter().all(|id| counts.contains_key(&id.to_string())));
+    assert!(
+        mails.iter().all(|m| m.record_ids().len() <= 5),
+        "digests stay bounded"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_ten_thousand_rows_goes_out_as_bounded_digests() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(insert_audit_rows(&client, 1000, FAIL).await);
+    }
+    let mails = smtp
+        .wait_for("10000 records", |m| id_counts(m).len() >= 10_000)
+        .await;
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log WHERE status <> 'sent'",
+        0,
+    )
+    .await;
+    app.stop().await;
+
+    let counts = id_counts(&smtp.received());
+    assert_eq!(counts.len(), 10_000);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "every record exactly once"
+    );
+    assert!(ids.iter().all(|id| counts.contains_key(&id.to_string())));
+    let largest = mails.iter().map(|m| m.record_ids().len()).max().unwrap();
+    assert!(
+        largest <= 200,
+        "a digest carries at most digest_max_records"
+    );
+    assert!(
+        smtp.received().len() <= 200,
+        "{} mails for 10000 records",
+        smtp.received().len()
+    );
+}
+
+#[tokio::test]
+async fn without_smtp_or_recipients_alerts_wait_then_go_out() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    let app = db.start().await;
+    let client = db.client().await;
+
+    let id = insert_audit_rows(&client, 1, FAIL).await[0];
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+    configure(&db, smtp.port, &[]).await;
+    app.worker().reload().await.unwrap();
+    assert_eq!(
+        app.worker().deliver_once().await.unwrap(),
+        0,
+        "no recipient yet"
+    );
+    let status: String = client
+        .query_one("SELECT status FROM email_sent_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "pending");
+
+    client
+        .execute(
+            "INSERT INTO recipients_config (table_name, email) VALUES ('audit_results', 'late@example.com')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn monitor_disabled_holds_alerts_and_email_disabled_suppresses_them() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let client = db.client().await;
+    set_config(&client, "monitor_enabled", "false").await;
+    let app = db.start().await;
+
+    let held = insert_audit_rows(&client, 2, FAIL).await;
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+    set_config(&client, "monitor_enabled", "true").await;
+    let mails = smtp
+        .wait_for("the held records", |m| id_counts(m).len() == 2)
+        .await;
+    assert!(held
+        .iter()
+        .all(|id| id_counts(&mails).contains_key(&id.to_string())));
+
+    set_config(&client, "email_enabled", "false").await;
+    app.worker().reload().await.unwrap();
+    insert_audit_rows(&client, 1, FAIL).await;
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log WHERE status = 'suppressed'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        id_counts(&smtp.received()).len(),
+        2,
+        "suppressed alerts are not mailed"
+    );
+    app.stop().await;
+}

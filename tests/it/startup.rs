@@ -1,0 +1,127 @@
+//! Starting the binary: bad configuration is one clear line and a non-zero
+//! exit; `migrate` prepares a database from nothing.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-alert"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    // An empty working directory, so no stray .env is read.
+    cmd.current_dir(std::env::temp_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run audit-alert");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_clear_line(stderr: &str, variable: &str) {
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(lines[0].starts_with("audit-alert: error: "), "{stderr}");
+    assert!(lines[0].contains(variable), "names {variable}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line_and_a_nonzero_exit() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, i32);
+    let cases: &[Case] = &[
+        (&[("API_PORT", "70000")], "API_PORT", 2),
+        (&[("API_PORT", "http")], "API_PORT", 2),
+        (&[("DATABASE_URL", "mysql:/nope")], "DATABASE_URL", 2),
+        (&[("DB_PORT", "0")], "DB_PORT", 2),
+        (&[("LOG_LEVEL", "loud=[")], "LOG_LEVEL", 2),
+        (
+            &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")],
+            "DATABASE_URL",
+            1,
+        ),
+    ];
+    for (env, variable, code) in cases {
+        let (status, stderr) = run(&["migrate"], env);
+        assert_eq!(status, *code, "{env:?}: {stderr}");
+        assert_one_clear_line(&stderr, variable);
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["openapi", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_audit-alert"))
+            .args(sub)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sub:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{sub:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_is_idempotent() {
+    let db = TestDb::new().await;
+    let fresh = format!("{}_created", db.name);
+    let url = db.url.replace(&db.name, &fresh);
+    for _ in 0..2 {
+        let (status, stderr) = run(
+            &["migrate"],
+            &[("DATABASE_URL", &url), ("LOG_LEVEL", "warn")],
+        );
+        assert_eq!(status, 0, "{stderr}");
+    }
+    let client = connect(&url).await;
+    let watched: i64 = client
+        .query_one("SELECT count(*) FROM watched_tables", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, 2);
+    drop(client);
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!("DROP DATABASE {fresh} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn copies_starting_together_migrate_once() {
+    let db = TestDb::new().await;
+    let config = db.config();
+    let (a, b, c) = tokio::join!(
+        audit_alert::app::prepare_database(&config),
+        audit_alert::app::prepare_database(&config),
+        audit_alert::app::prepare_database(&config),
+    );
+    for r in [a, b, c] {
+        r.expect("every copy starts");
+    }
+    let client = db.client().await;
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/db/migrations"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(applied, migrations);
+}

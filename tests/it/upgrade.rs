@@ -1,0 +1,270 @@
+//! Existing data: a database the old system ran, and tables that already hold
+//! flagged rows when they start being watched.
+
+use audit_alert::monitor::tables::{self, WatchRequest};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_database_of_the_old_system_upgrades_in_place_and_resends_nothing() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(include_str!("../fixtures/legacy_schema.sql"))
+        .await
+        .unwrap();
+    db.migrate().await;
+
+    // Configuration carried over.
+    let interval: String = client
+        .query_one(
+            "SELECT config_value FROM system_config WHERE config_key = 'check_interval'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(interval, "10");
+    let recipients: Vec<String> = client
+        .query("SELECT email FROM recipients_config ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        recipients,
+        ["oncall@example.com", "image-team@example.com"],
+        "duplicates folded"
+    );
+    let statuses: Vec<(String, String, String)> = client
+        .query("SELECT table_name, record_id, status FROM email_sent_log ORDER BY table_name, record_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expect = |t: &str, id: &str, s: &str| (t.to_owned(), id.to_owned(), s.to_owned());
+    assert_eq!(
+        statuses,
+        [
+            expect("audit_results", "1", "sent"),
+            expect("audit_results", "2", "sent"),
+            expect("audit_results", "3", "pending"),
+            expect("image_audit_results", "1", "sent"),
+        ]
+    );
+
+    // Point the carried-over SMTP config at the test server and run.
+    let smtp = SmtpServer::start();
+    client
+        .execute("UPDATE smtp_config SET smtp_server = '127.0.0.1', smtp_port = $1, security = 'none', sender_password = NULL", &[&i32::from(smtp.port)])
+        .await
+        .unwrap();
+    let app = db.start().await;
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), ["3"]);
+    assert_eq!(app.worker().sweep_once().await.unwrap().found, 0);
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+
+    // New rows flow as usual, and a verdict change of an old record alerts.
+    client
+        .execute(
+            "UPDATE audit_results SET verdict = '不合格' WHERE id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mails = smtp.wait_for_count(2).await;
+    assert_eq!(mails[1].record_ids(), ["2"]);
+    assert_eq!(smtp.received().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn existing_rows_of_builtin_tables_become_baseline() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE audit_results (id bigserial PRIMARY KEY, verdict text,
+                 created_at timestamptz NOT NULL DEFAULT now(), url text, reason text);
+             INSERT INTO audit_results (verdict) SELECT '不合格' FROM generate_series(1, 50);",
+        )
+        .await
+        .unwrap();
+    db.migrate().await;
+    let smtp = SmtpServer::start();
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let baseline: i64 = client
+        .query_one(
+            "SELECT count(*) FROM email_sent_log WHERE status = 'baseline'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(baseline, 50);
+
+    let id = insert_audit_rows(&client, 1, "不合格").await[0];
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+    assert_eq!(app.worker().sweep_once().await.unwrap().found, 0);
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+    assert_eq!(smtp.received().len(), 1);
+    app.stop().await;
+}
+
+async fn comments_table(client: &tokio_postgres::Client, id_type: &str, flagged: i64) {
+    let default = if id_type == "uuid" {
+        "gen_random_uuid()"
+    } else {
+        "nextval('comment_ids')"
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE SEQUENCE comment_ids;
+             CREATE TABLE \"Comments\" (cid {id_type} PRIMARY KEY DEFAULT {default},
+                                      \"Moderation\" text, body text);"
+        ))
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO \"Comments\" (\"Moderation\", body) SELECT 'reject', 'old ' || g FROM generate_series(1, $1::bigint) g",
+            &[&flagged],
+        )
+        .await
+        .unwrap();
+}
+
+fn comments(backfill: bool) -> WatchRequest {
+    WatchRequest {
+        table: "Comments".into(),
+        id_column: "cid".into(),
+        verdict_column: "Moderation".into(),
+        verdicts: vec!["reject".into()],
+        backfill,
+    }
+}
+
+#[tokio::test]
+async fn watching_a_table_with_flagged_rows_records_them_as_baseline() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    db.migrate().await;
+    comments_table(&client, "bigint", 30).await;
+    let smtp = SmtpServer::start();
+    configure(&db, smtp.port, &[("Comments", "mods@example.com")]).await;
+    let app = db.start().await;
+
+    let watched = tables::watch(app.pool(), &comments(false)).await.unwrap();
+    assert_eq!(watched.existing_flagged, 30);
+    assert_eq!(watched.id_type, "bigint");
+    let new_id: i64 = client
+        .query_one("INSERT INTO \"Comments\" (\"Moderation\", body) VALUES ('reject', 'new') RETURNING cid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [new_id.to_string()]);
+    assert!(
+        mails[0].text.contains("Moderation: reject"),
+        "{}",
+        mails[0].text
+    );
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+    assert_eq!(smtp.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watching_with_backfill_mails_existing_rows_and_uuid_ids_work() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    db.migrate().await;
+    comments_table(&client, "uuid", 3).await;
+    let smtp = SmtpServer::start();
+    configure(&db, smtp.port, &[("Comments", "mods@example.com")]).await;
+    let app = db.start().await;
+
+    let watched = tables::watch(app.pool(), &comments(true)).await.unwrap();
+    assert_eq!(
+        (watched.existing_flagged, watched.id_type.as_str()),
+        (3, "uuid")
+    );
+    smtp.wait_for("the backfilled rows", |m| id_counts(m).len() == 3)
+        .await;
+
+    // A uuid row written with triggers bypassed is found by the sweep.
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    let hidden: String = client
+        .query_one(
+            "INSERT INTO \"Comments\" (\"Moderation\") VALUES ('reject') RETURNING cid::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("SET session_replication_role = origin")
+        .await
+        .unwrap();
+    assert_eq!(app.worker().sweep_once().await.unwrap().found, 1);
+    let mails = smtp
+        .wait_for("the swept uuid row", |m| id_counts(m).len() == 4)
+        .await;
+    assert!(id_counts(&mails).contains_key(&hidden));
+
+    assert!(tables::unwatch(app.pool(), "Comments").await.unwrap());
+    client
+        .execute(
+            "INSERT INTO \"Comments\" (\"Moderation\") VALUES ('reject')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM email_sent_log WHERE status = 'pending'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "no trigger after unwatching");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watching_rejects_unknown_tables_and_columns() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let client = db.client().await;
+    comments_table(&client, "bigint", 0).await;
+    let app = db.start().await;
+    let mut req = comments(false);
+    req.table = "nope".into();
+    assert!(matches!(
+        tables::watch(app.pool(), &req).await,
+        Err(tables::WatchError::UnknownTable(_))
+    ));
+    let mut req = comments(false);
+    req.verdict_column = "moderation".into();
+    let err = tables::watch(app.pool(), &req).await.unwrap_err();
+    assert!(
+        err.to_string().contains("\"moderation\" does not exist"),
+        "{err}"
+    );
+    let mut req = comments(false);
+    req.id_column = "body".into();
+    assert!(
+        tables::watch(app.pool(), &req).await.is_ok(),
+        "text ids are allowed"
+    );
+    app.stop().await;
+}
