@@ -1,13 +1,18 @@
-//! One pooled lettre transport per active SMTP configuration, and the
+//! A pool of SMTP connections per active SMTP configuration, and the
 //! classification of what went wrong when a send fails.
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::Message;
+use tokio::sync::Semaphore;
 
 use crate::config::Secret;
 
@@ -51,10 +56,12 @@ pub struct SmtpSettings {
 }
 
 impl SmtpSettings {
-    /// Whether `other` needs a new transport (anything but the sender changed).
-    fn same_server(&self, other: &SmtpSettings) -> bool {
+    /// Whether `other` is the same configuration (a changed one gets a new pool).
+    fn same_as(&self, other: &SmtpSettings) -> bool {
         self.id == other.id
             && self.host == other.host
+            && self.sender_email == other.sender_email
+            && self.sender_name == other.sender_name
             && self.port == other.port
             && self.security == other.security
             && self.username == other.username
@@ -76,7 +83,7 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    fn from_smtp(e: lettre::transport::smtp::Error) -> Self {
+    fn from_smtp(e: SmtpError) -> Self {
         let words = describe_smtp_error(&e);
         if e.is_permanent() {
             Self::Permanent(words)
@@ -87,7 +94,7 @@ impl DeliveryError {
 }
 
 /// The SMTP error in plain words, with the server's reply when there is one.
-pub fn describe_smtp_error(e: &lettre::transport::smtp::Error) -> String {
+pub fn describe_smtp_error(e: &SmtpError) -> String {
     use std::error::Error as _;
     let mut words = e.to_string();
     let mut source = e.source();
@@ -99,41 +106,53 @@ pub fn describe_smtp_error(e: &lettre::transport::smtp::Error) -> String {
     words
 }
 
-/// A pooled transport bound to one SMTP configuration.
+/// A bounded pool of SMTP connections to one configured server.
+///
+/// lettre's own pool connects without `TCP_NODELAY`, so the final `.` of every
+/// message waits for the server's delayed ACK (about 40 ms on Linux). These
+/// connections set it; lettre still speaks the protocol.
 #[derive(Clone)]
-pub struct Mailer {
+pub struct Mailer(Arc<MailerInner>);
+
+struct MailerInner {
     settings: SmtpSettings,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    credentials: Option<Credentials>,
+    tls: Option<TlsParameters>,
+    hello: ClientId,
+    idle: Mutex<Vec<Idle>>,
+    slots: Semaphore,
 }
 
+struct Idle {
+    connection: AsyncSmtpConnection,
+    since: Instant,
+}
+
+/// Idle connections older than this are closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections older than this are checked with NOOP before reuse.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
 impl Mailer {
-    /// Builds the transport (connections are opened lazily, on first send).
+    /// Prepares the pool (connections are opened on first send).
     pub fn new(settings: SmtpSettings, pool_size: u32) -> Result<Self, DeliveryError> {
         let invalid = |what: &str, e: &dyn std::fmt::Display| {
             DeliveryError::Permanent(format!("invalid SMTP configuration ({what}): {e}"))
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
-            .port(settings.port)
-            .timeout(Some(settings.timeout))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(pool_size)
-                    .idle_timeout(Duration::from_secs(60)),
-            );
-        let tls = |host: &str| TlsParameters::new(host.to_owned()).map_err(|e| invalid("TLS", &e));
-        builder = match settings.security {
-            Security::None => builder.tls(Tls::None),
-            Security::StartTls => builder.tls(Tls::Required(tls(&settings.host)?)),
-            Security::Tls => builder.tls(Tls::Wrapper(tls(&settings.host)?)),
+        let tls = match settings.security {
+            Security::None => None,
+            Security::StartTls | Security::Tls => {
+                Some(TlsParameters::new(settings.host.clone()).map_err(|e| invalid("TLS", &e))?)
+            }
         };
-        if let Some(password) = &settings.password {
+        let credentials = settings.password.as_ref().map(|password| {
             let user = settings
                 .username
                 .clone()
                 .unwrap_or_else(|| settings.sender_email.clone());
-            builder = builder.credentials(Credentials::new(user, password.expose().to_owned()));
-        }
+            Credentials::new(user, password.expose().to_owned())
+        });
         let from = Mailbox::new(
             settings.sender_name.clone().filter(|n| !n.is_empty()),
             settings
@@ -141,45 +160,133 @@ impl Mailer {
                 .parse()
                 .map_err(|e| invalid("sender_email", &e))?,
         );
-        Ok(Self {
+        Ok(Self(Arc::new(MailerInner {
             settings,
-            transport: builder.build(),
             from,
-        })
+            credentials,
+            tls,
+            hello: ClientId::default(),
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(pool_size.max(1) as usize),
+        })))
     }
 
-    /// Reuses this mailer when `settings` name the same server, else builds anew.
+    /// Keeps this pool when `settings` name the same server and sender.
     pub fn reuse_or_new(
         current: Option<&Mailer>,
         settings: SmtpSettings,
         pool_size: u32,
     ) -> Result<Self, DeliveryError> {
         match current {
-            Some(m) if m.settings.same_server(&settings) => {
-                let mut m = m.clone();
-                m.from = Self::new(settings.clone(), pool_size)?.from;
-                m.settings = settings;
-                Ok(m)
-            }
+            Some(m) if m.0.settings.same_as(&settings) => Ok(m.clone()),
             _ => Self::new(settings, pool_size),
         }
     }
 
     pub fn from(&self) -> &Mailbox {
-        &self.from
+        &self.0.from
     }
 
     pub fn settings(&self) -> &SmtpSettings {
-        &self.settings
+        &self.0.settings
     }
 
     /// Sends one message; the envelope comes from its headers.
     pub async fn send(&self, message: Message) -> Result<(), DeliveryError> {
-        self.transport
-            .send(message)
+        let _slot = self
+            .0
+            .slots
+            .acquire()
             .await
-            .map(|_| ())
-            .map_err(DeliveryError::from_smtp)
+            .expect("the pool is never closed");
+        let timeout = self.0.settings.timeout;
+        let sent = tokio::time::timeout(timeout, async {
+            let mut connection = self.connection().await?;
+            let result = connection
+                .send(message.envelope(), &message.formatted())
+                .await
+                .map(|_| ())
+                .map_err(DeliveryError::from_smtp);
+            if result.is_ok() && !connection.has_broken() {
+                self.0.idle.lock().expect("idle lock").push(Idle {
+                    connection,
+                    since: Instant::now(),
+                });
+            }
+            result
+        })
+        .await;
+        match sent {
+            Ok(result) => result,
+            Err(_) => Err(DeliveryError::Transient(format!(
+                "timed out after {}s talking to {}:{}",
+                timeout.as_secs(),
+                self.0.settings.host,
+                self.0.settings.port
+            ))),
+        }
+    }
+
+    /// A live idle connection, or a new one.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+        loop {
+            let idle = self.0.idle.lock().expect("idle lock").pop();
+            let Some(Idle {
+                mut connection,
+                since,
+            }) = idle
+            else {
+                return self.connect().await;
+            };
+            let age = since.elapsed();
+            if age < IDLE_CHECK || (age < IDLE_TIMEOUT && connection.test_connected().await) {
+                return Ok(connection);
+            }
+            connection.abort().await;
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+        let inner = &self.0;
+        let (host, port) = (inner.settings.host.as_str(), inner.settings.port);
+        let mut connection = match inner.settings.security {
+            Security::Tls => AsyncSmtpConnection::connect_tokio1(
+                (host, port),
+                Some(inner.settings.timeout),
+                &inner.hello,
+                inner.tls.clone(),
+                None,
+            )
+            .await
+            .map_err(DeliveryError::from_smtp)?,
+            Security::None | Security::StartTls => {
+                let unreachable = |e: std::io::Error| {
+                    DeliveryError::Transient(format!("cannot connect to {host}:{port}: {e}"))
+                };
+                let stream = tokio::net::TcpStream::connect((host, port))
+                    .await
+                    .map_err(unreachable)?;
+                stream.set_nodelay(true).map_err(unreachable)?;
+                let mut connection =
+                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &inner.hello)
+                        .await
+                        .map_err(DeliveryError::from_smtp)?;
+                if let Some(tls) = &inner.tls {
+                    connection
+                        .starttls(tls.clone(), &inner.hello)
+                        .await
+                        .map_err(DeliveryError::from_smtp)?;
+                }
+                connection
+            }
+        };
+        if let Some(credentials) = &inner.credentials {
+            connection
+                .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(DeliveryError::from_smtp)?;
+        }
+        Ok(connection)
     }
 }
 

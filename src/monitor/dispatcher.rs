@@ -53,14 +53,14 @@ pub fn group(alerts: &[ClaimedAlert], max_records: usize) -> Vec<Digest<'_>> {
         .collect()
 }
 
-/// Sends one digest and decides the outcome of each of its alerts.
+/// Sends one digest and decides the outcome of its alerts.
 pub async fn send_digest(
     digest: &Digest<'_>,
     rows: &HashMap<String, Map<String, Value>>,
     snapshot: &Snapshot,
     mailer: &Mailer,
     renderer: &Renderer,
-) -> Vec<Outcome> {
+) -> Outcome {
     let retry = &snapshot.switches.retry;
     let recipients = snapshot
         .recipients
@@ -68,7 +68,7 @@ pub async fn send_digest(
         .map(Vec::as_slice)
         .unwrap_or_default();
     if recipients.is_empty() {
-        return judge_all(
+        return judge(
             digest,
             retry,
             &[],
@@ -86,11 +86,12 @@ pub async fn send_digest(
             alerted_at: a.created_at,
         })
         .collect();
+    let started = std::time::Instant::now();
     let mail = match renderer.render(digest.table, &records) {
         Ok(mail) => mail,
         Err(e) => {
             let refused = DeliveryError::Permanent(e.to_string());
-            return judge_all(digest, retry, &[], &[("", refused)], None);
+            return judge(digest, retry, &[], &[("", refused)], None);
         }
     };
     // Everyone in the digest has the same earlier deliveries (see `group`).
@@ -104,6 +105,7 @@ pub async fn send_digest(
         .iter()
         .filter(|r| !done.contains(&r.email.to_lowercase()))
         .collect();
+    tracing::debug!(records = records.len(), bytes = mail.html.len() + mail.text.len(), rendered_in = ?started.elapsed(), "rendered");
     let message_id = format!("<{}@audit-alert>", uuid::Uuid::now_v7().simple());
     let results = join_all(
         targets
@@ -122,7 +124,7 @@ pub async fn send_digest(
             }
         }
     }
-    judge_all(digest, retry, &delivered, &failures, Some(message_id))
+    judge(digest, retry, &delivered, &failures, Some(message_id))
 }
 
 fn transient(words: &str) -> DeliveryError {
@@ -155,14 +157,14 @@ async fn send_one(
     mailer.send(message).await
 }
 
-/// The outcome of every alert of a digest, from what happened per recipient.
-fn judge_all(
+/// The outcome of a digest's alerts, from what happened per recipient.
+fn judge(
     digest: &Digest<'_>,
     retry: &RetryPolicy,
     delivered_now: &[String],
     failures: &[(&str, DeliveryError)],
     message_id: Option<String>,
-) -> Vec<Outcome> {
+) -> Outcome {
     let refused: Map<String, Value> = failures
         .iter()
         .filter(|(to, e)| !to.is_empty() && matches!(e, DeliveryError::Permanent(_)))
@@ -184,33 +186,34 @@ fn judge_all(
             .collect::<Vec<_>>()
             .join("; ")
     });
-    digest
+    // Alerts of one digest share their earlier deliveries (see `group`) and,
+    // claimed together, their attempt count.
+    let first = digest.alerts[0];
+    let mut delivered_to = first.delivered_to.clone();
+    delivered_to.extend(delivered_now.iter().cloned());
+    let attempts = digest
         .alerts
         .iter()
-        .map(|a| {
-            let mut delivered_to = a.delivered_to.clone();
-            delivered_to.extend(delivered_now.iter().cloned());
-            let attempts = a.attempts.max(0) as u32;
-            let (status, retry_in) = if transient && retry.may_retry(attempts) {
-                ("pending", retry.delay(attempts, fastrand::f64()))
-            } else if !transient && !delivered_to.is_empty() {
-                ("sent", Default::default())
-            } else {
-                ("failed", Default::default())
-            };
-            Outcome {
-                id: a.id,
-                status,
-                delivered_to,
-                refused: refused.clone(),
-                last_error: last_error.clone(),
-                retry_in_ms: retry_in.as_millis() as i64,
-                message_id: (!delivered_now.is_empty())
-                    .then(|| message_id.clone())
-                    .flatten(),
-            }
-        })
-        .collect()
+        .map(|a| a.attempts)
+        .max()
+        .unwrap_or(1)
+        .max(0) as u32;
+    let (status, retry_in) = if transient && retry.may_retry(attempts) {
+        ("pending", retry.delay(attempts, fastrand::f64()))
+    } else if !transient && !delivered_to.is_empty() {
+        ("sent", Default::default())
+    } else {
+        ("failed", Default::default())
+    };
+    Outcome {
+        ids: digest.alerts.iter().map(|a| a.id).collect(),
+        status,
+        delivered_to,
+        refused: Value::Object(refused),
+        last_error,
+        retry_in_ms: retry_in.as_millis() as i64,
+        message_id: message_id.filter(|_| !delivered_now.is_empty()),
+    }
 }
 
 #[cfg(test)]
@@ -245,20 +248,16 @@ mod tests {
         let alerts = [alert(1, "a", &[])];
         let digests = group(&alerts, 10);
         let failures = [("bad@x.y", DeliveryError::Permanent("550".into()))];
-        let out = judge_all(
+        let out = judge(
             &digests[0],
             &RetryPolicy::default(),
             &["ok@x.y".into()],
             &failures,
             None,
         );
-        assert_eq!(out[0].status, "sent");
-        assert!(out[0].refused.contains_key("bad@x.y"));
-        assert!(out[0]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("bad@x.y: 550"));
+        assert_eq!(out.status, "sent");
+        assert!(out.refused.get("bad@x.y").is_some());
+        assert!(out.last_error.as_deref().unwrap().contains("bad@x.y: 550"));
     }
 
     #[test]
@@ -266,23 +265,23 @@ mod tests {
         let mut a = alert(1, "a", &[]);
         let failures = [("x@y.z", DeliveryError::Transient("421".into()))];
         let policy = RetryPolicy::default();
-        let out = judge_all(
+        let out = judge(
             &group(std::slice::from_ref(&a), 10)[0],
             &policy,
             &[],
             &failures,
             None,
         );
-        assert_eq!(out[0].status, "pending");
-        assert!(out[0].retry_in_ms > 0);
+        assert_eq!(out.status, "pending");
+        assert!(out.retry_in_ms > 0);
         a.attempts = policy.max_attempts as i32;
-        let out = judge_all(
+        let out = judge(
             &group(std::slice::from_ref(&a), 10)[0],
             &policy,
             &[],
             &failures,
             None,
         );
-        assert_eq!(out[0].status, "failed");
+        assert_eq!(out.status, "failed");
     }
 }

@@ -37,6 +37,9 @@ pub const CONTROL_CHANNEL: &str = "audit_alert_control";
 
 /// Digests sent at once from one claimed batch.
 const PARALLEL_DIGESTS: usize = 4;
+/// Dispatch loops per copy: under a burst one claims and records while
+/// another renders and sends.
+const DELIVERY_LANES: usize = 2;
 /// Pooled SMTP connections per worker.
 const SMTP_POOL_SIZE: u32 = 8;
 
@@ -83,7 +86,9 @@ impl Worker {
     /// Starts the listener, dispatcher, sweeper and configuration tasks.
     pub fn spawn(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
         tasks.spawn(listener::run(self.clone(), shutdown.clone()));
-        tasks.spawn(self.clone().dispatch_loop(shutdown.clone()));
+        for _ in 0..DELIVERY_LANES {
+            tasks.spawn(self.clone().dispatch_loop(shutdown.clone()));
+        }
         tasks.spawn(self.clone().sweep_loop(shutdown.clone()));
         tasks.spawn(self.clone().config_loop(shutdown.clone()));
     }
@@ -187,11 +192,13 @@ impl Worker {
             return Ok(0);
         }
         let pool = &self.0.pool;
+        let started = std::time::Instant::now();
         let claimed =
             queue::claim(pool, &tables, limit, &self.0.id, switches.sending_lease).await?;
         if claimed.is_empty() {
             return Ok(0);
         }
+        let claimed_at = started.elapsed();
         let mut rows = HashMap::new();
         for table in &tables {
             let ids: Vec<&str> = claimed
@@ -203,6 +210,7 @@ impl Worker {
                 rows.insert(table.as_str(), queue::fetch_rows(pool, t, &ids).await?);
             }
         }
+        let fetched_at = started.elapsed();
         let empty = HashMap::new();
         let digests = dispatcher::group(&claimed, switches.digest_max_records);
         let outcomes = join_all(digests.iter().map(|d| {
@@ -210,10 +218,19 @@ impl Worker {
             dispatcher::send_digest(d, rows, &snapshot, &mailer, &self.0.renderer)
         }))
         .await;
-        let outcomes: Vec<_> = outcomes.into_iter().flatten().collect();
+        let sent_at = started.elapsed();
         queue::complete(pool, &self.0.id, &outcomes)
             .await
             .context("Mail went out but its outcome was not recorded; it may be sent again")?;
+        tracing::debug!(
+            alerts = claimed.len(),
+            mails = digests.len(),
+            ?claimed_at,
+            ?fetched_at,
+            ?sent_at,
+            recorded_at = ?started.elapsed(),
+            "delivered a batch"
+        );
         self.0.status.note_delivery(&outcomes);
         Ok(claimed.len())
     }
@@ -226,7 +243,11 @@ impl Worker {
             loop {
                 let limit = self.snapshot().switches.digest_max_records * PARALLEL_DIGESTS;
                 match self.deliver_once().await {
-                    Ok(n) if n >= limit && !shutdown.is_cancelled() => continue,
+                    Ok(n) if n >= limit && !shutdown.is_cancelled() => {
+                        // More is waiting: bring in another lane.
+                        self.wake();
+                        continue;
+                    }
                     Ok(_) => break,
                     Err(e) => {
                         tracing::error!(error = format!("{e:#}"), "delivery failed");

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::control::WatchedTable;
@@ -29,15 +28,15 @@ pub struct ClaimedAlert {
     pub created_at: DateTime<Utc>,
 }
 
-/// What became of one claimed alert.
-#[derive(Clone, Debug, Serialize)]
+/// What became of the alerts of one digest (they share their fate).
+#[derive(Clone, Debug)]
 pub struct Outcome {
-    pub id: i64,
+    pub ids: Vec<i64>,
     /// `sent`, `failed` or `pending` (to be retried).
     pub status: &'static str,
     pub delivered_to: Vec<String>,
     /// Recipient → permanent error, added to what was recorded before.
-    pub refused: Map<String, Value>,
+    pub refused: Value,
     pub last_error: Option<String>,
     /// For `pending`: wait before the next attempt.
     pub retry_in_ms: i64,
@@ -116,32 +115,47 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
     if outcomes.is_empty() {
         return Ok(0);
     }
-    let batch = serde_json::to_value(outcomes).context("Failed to encode outcomes")?;
     let client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE email_sent_log e
-                SET status = o.status,
-                    delivered_to = o.delivered_to,
-                    failed_recipients = e.failed_recipients || o.refused,
-                    error_message = o.last_error,
-                    message_id = COALESCE(o.message_id, e.message_id),
-                    sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE e.sent_at END,
-                    next_attempt_at = now() + make_interval(secs => o.retry_in_ms / 1000.0),
+                SET status = $3::text,
+                    delivered_to = $4::text[],
+                    failed_recipients = e.failed_recipients || $5::jsonb,
+                    error_message = $6::text,
+                    message_id = COALESCE($7::text, e.message_id),
+                    sent_at = CASE WHEN $3::text = 'sent' THEN now() ELSE e.sent_at END,
+                    next_attempt_at = now() + make_interval(secs => $8::bigint / 1000.0),
                     locked_by = NULL,
-                    recipients = array_to_string(o.delivered_to, ','),
+                    recipients = array_to_string($4::text[], ','),
                     updated_at = now()
-               FROM jsonb_to_recordset($2::jsonb) AS o(id bigint, status text,
-                    delivered_to text[], refused jsonb, last_error text, retry_in_ms bigint,
-                    message_id text)
-              WHERE e.id = o.id AND e.locked_by = $1 AND e.status = 'sending'",
-            &[&worker, &batch],
+              WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text AND e.status = 'sending'",
         )
         .await
-        .context("Failed to record delivery outcomes")
+        .context("Failed to prepare the outcome update")?;
+    let mut recorded = 0;
+    for o in outcomes {
+        recorded += client
+            .execute(
+                &statement,
+                &[
+                    &worker,
+                    &o.ids,
+                    &o.status,
+                    &o.delivered_to,
+                    &o.refused,
+                    &o.last_error,
+                    &o.message_id,
+                    &o.retry_in_ms,
+                ],
+            )
+            .await
+            .context("Failed to record delivery outcomes")?;
+    }
+    Ok(recorded)
 }
 
 /// When the next alert of `tables` falls due, if any is waiting.

@@ -74,7 +74,7 @@ impl MonitorStatus {
                 "pending" => &self.retried,
                 _ => &self.failed,
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.fetch_add(o.ids.len() as u64, Ordering::Relaxed);
         }
     }
 }

@@ -128,21 +128,30 @@ pub struct Received {
     pub text: String,
     pub html: String,
     pub message_id: String,
+    /// When the server had the whole message (the benchmarks time with it).
+    #[allow(dead_code)]
+    pub at: std::time::Instant,
+    ids: Vec<String>,
 }
 
 impl Received {
-    /// Record ids listed in the plain-text part ("记录 <id>" lines).
+    /// Record ids listed in the plain-text part ("[verdict] 记录 <id>" lines).
     pub fn record_ids(&self) -> Vec<String> {
-        self.text
-            .lines()
-            .filter_map(|l| l.split_once("] 记录 ").map(|(_, id)| id.trim().to_owned()))
-            .collect()
+        self.ids.clone()
     }
+}
+
+/// Everything that arrived, with the distinct record ids kept up to date so
+/// that waiting on large bursts stays cheap.
+#[derive(Default)]
+pub struct Inbox {
+    pub mails: Vec<Received>,
+    pub distinct_ids: std::collections::HashSet<String>,
 }
 
 #[derive(Clone, Default)]
 struct Recorder {
-    received: Arc<Mutex<Vec<Received>>>,
+    inbox: Arc<Mutex<Inbox>>,
     count: Arc<Option<watch::Sender<usize>>>,
     rejected: Arc<Vec<String>>,
     to: Vec<String>,
@@ -170,6 +179,7 @@ impl Handler for Recorder {
     }
 
     fn data_end(&mut self) -> Response {
+        let at = std::time::Instant::now();
         let Some(message) = mail_parser::MessageParser::default().parse(&self.data) else {
             return response::TRANSACTION_FAILED;
         };
@@ -196,11 +206,19 @@ impl Handler for Recorder {
                 .map(|t| t.into_owned())
                 .unwrap_or_default(),
             message_id: message.message_id().unwrap_or_default().to_owned(),
+            at,
+            ids: Vec::new(),
         };
-        let mut all = self.received.lock().unwrap();
-        all.push(received);
+        let ids: Vec<String> = received
+            .text
+            .lines()
+            .filter_map(|l| l.split_once("] 记录 ").map(|(_, id)| id.trim().to_owned()))
+            .collect();
+        let mut inbox = self.inbox.lock().unwrap();
+        inbox.distinct_ids.extend(ids.iter().cloned());
+        inbox.mails.push(Received { ids, ..received });
         if let Some(count) = self.count.as_ref() {
-            count.send_replace(all.len());
+            count.send_replace(inbox.mails.len());
         }
         response::OK
     }
@@ -209,7 +227,7 @@ impl Handler for Recorder {
 /// A real SMTP server (mailin-embedded) on loopback, recording every message.
 pub struct SmtpServer {
     pub port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
+    inbox: Arc<Mutex<Inbox>>,
     count: watch::Receiver<usize>,
 }
 
@@ -236,7 +254,7 @@ impl SmtpServer {
             rejected: Arc::new(rejected.iter().map(|s| s.to_string()).collect()),
             ..Default::default()
         };
-        let received = recorder.received.clone();
+        let inbox = recorder.inbox.clone();
         let mut server = Server::new(recorder);
         server
             .with_name("mail.test")
@@ -247,23 +265,37 @@ impl SmtpServer {
         });
         Self {
             port,
-            received,
+            inbox,
             count: rx,
         }
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.inbox.lock().unwrap().mails.clone()
     }
 
     /// Waits until `done` holds for what has arrived, or fails the test.
     pub async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        self.wait_until(what, |inbox| done(&inbox.mails)).await
+    }
+
+    /// Waits until `n` distinct records have been mailed.
+    pub async fn wait_for_records(&self, n: usize) -> Vec<Received> {
+        self.wait_until(&format!("{n} records"), |inbox| {
+            inbox.distinct_ids.len() >= n
+        })
+        .await
+    }
+
+    async fn wait_until(&self, what: &str, done: impl Fn(&Inbox) -> bool) -> Vec<Received> {
         let mut count = self.count.clone();
         let waited = tokio::time::timeout(DEADLINE, async {
             loop {
-                let received = self.received();
-                if done(&received) {
-                    return received;
+                {
+                    let inbox = self.inbox.lock().unwrap();
+                    if done(&inbox) {
+                        return inbox.mails.clone();
+                    }
                 }
                 count.changed().await.expect("smtp server alive");
             }

@@ -190,9 +190,7 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
     let ids = insert_audit_rows(&client, 3, FAIL).await;
 
     let app = db.start().await;
-    let mails = smtp
-        .wait_for("all three records", |m| id_counts(m).len() == 3)
-        .await;
+    let mails = smtp.wait_for_records(3).await;
     let counts = id_counts(&mails);
     for id in ids {
         assert_eq!(counts.get(&id.to_string()), Some(&1));
@@ -229,9 +227,7 @@ async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
 
     let report = app.worker().sweep_once().await.unwrap();
     assert_eq!(report.found, 5);
-    let mails = smtp
-        .wait_for("the swept records", |m| id_counts(m).len() == 5)
-        .await;
+    let mails = smtp.wait_for_records(5).await;
     let counts = id_counts(&mails);
     assert!(
         ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
@@ -320,9 +316,7 @@ async fn two_copies_on_one_database_send_every_record_exactly_once() {
     for _ in 0..100 {
         ids.extend(insert_audit_rows(&client, 10, FAIL).await);
     }
-    let mails = smtp
-        .wait_for("1000 records", |m| id_counts(m).len() >= 1000)
-        .await;
+    let mails = smtp.wait_for_records(1000).await;
     wait_for_count_query(
         &client,
         "SELECT count(*) FROM email_sent_log WHERE status <> 'sent'",
@@ -356,9 +350,7 @@ async fn a_burst_of_ten_thousand_rows_goes_out_as_bounded_digests() {
     for _ in 0..10 {
         ids.extend(insert_audit_rows(&client, 1000, FAIL).await);
     }
-    let mails = smtp
-        .wait_for("10000 records", |m| id_counts(m).len() >= 10_000)
-        .await;
+    let mails = smtp.wait_for_records(10_000).await;
     wait_for_count_query(
         &client,
         "SELECT count(*) FROM email_sent_log WHERE status <> 'sent'",
@@ -435,9 +427,7 @@ async fn monitor_disabled_holds_alerts_and_email_disabled_suppresses_them() {
     let held = insert_audit_rows(&client, 2, FAIL).await;
     assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
     set_config(&client, "monitor_enabled", "true").await;
-    let mails = smtp
-        .wait_for("the held records", |m| id_counts(m).len() == 2)
-        .await;
+    let mails = smtp.wait_for_records(2).await;
     assert!(held
         .iter()
         .all(|id| id_counts(&mails).contains_key(&id.to_string())));

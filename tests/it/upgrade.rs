@@ -194,8 +194,7 @@ async fn watching_with_backfill_mails_existing_rows_and_uuid_ids_work() {
         (watched.existing_flagged, watched.id_type.as_str()),
         (3, "uuid")
     );
-    smtp.wait_for("the backfilled rows", |m| id_counts(m).len() == 3)
-        .await;
+    smtp.wait_for_records(3).await;
 
     // A uuid row written with triggers bypassed is found by the sweep.
     client
@@ -215,9 +214,7 @@ async fn watching_with_backfill_mails_existing_rows_and_uuid_ids_work() {
         .await
         .unwrap();
     assert_eq!(app.worker().sweep_once().await.unwrap().found, 1);
-    let mails = smtp
-        .wait_for("the swept uuid row", |m| id_counts(m).len() == 4)
-        .await;
+    let mails = smtp.wait_for_records(4).await;
     assert!(id_counts(&mails).contains_key(&hidden));
 
     assert!(tables::unwatch(app.pool(), "Comments").await.unwrap());
