@@ -61,13 +61,13 @@ pub async fn claim(
             "UPDATE email_sent_log e
                 SET status = 'sending', attempts = e.attempts + 1, locked_by = $3,
                     next_attempt_at = now() + make_interval(secs => $4), updated_at = now()
-               FROM (SELECT id FROM email_sent_log
-                      WHERE status IN ('pending', 'sending') AND next_attempt_at <= now()
-                        AND table_name = ANY($1)
-                      ORDER BY next_attempt_at
-                      LIMIT $2
-                      FOR UPDATE SKIP LOCKED) due
-              WHERE e.id = due.id
+              WHERE e.id = ANY(ARRAY(
+                    SELECT id FROM email_sent_log
+                     WHERE status IN ('pending', 'sending') AND next_attempt_at <= now()
+                       AND table_name = ANY($1)
+                     ORDER BY next_attempt_at
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED))
           RETURNING e.id, e.table_name, e.record_id, e.verdict, e.attempts, e.delivered_to,
                     ARRAY(SELECT jsonb_object_keys(e.failed_recipients)), e.created_at",
             &[&tables, &limit, &worker, &lease.as_secs_f64()],
@@ -99,11 +99,11 @@ pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
         .context("Failed to get a database connection")?;
     client
         .execute(
-            "UPDATE email_sent_log e SET status = 'suppressed', updated_at = now()
-               FROM (SELECT id FROM email_sent_log
-                      WHERE status = 'pending' AND next_attempt_at <= now()
-                      LIMIT $1 FOR UPDATE SKIP LOCKED) due
-              WHERE e.id = due.id",
+            "UPDATE email_sent_log SET status = 'suppressed', updated_at = now()
+              WHERE id = ANY(ARRAY(
+                    SELECT id FROM email_sent_log
+                     WHERE status = 'pending' AND next_attempt_at <= now()
+                     LIMIT $1 FOR UPDATE SKIP LOCKED))",
             &[&limit],
         )
         .await
