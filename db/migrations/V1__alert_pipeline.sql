@@ -143,7 +143,8 @@ CREATE UNIQUE INDEX email_sent_log_dedup ON email_sent_log (table_name, record_i
 -- Work to do: small, so the claim and the "next due" look-ups stay cheap.
 CREATE INDEX email_sent_log_due ON email_sent_log (next_attempt_at)
     WHERE status IN ('pending', 'sending');
-CREATE INDEX email_sent_log_created ON email_sent_log (created_at);
+-- BRIN: alert history is filtered by time; rows arrive in time order.
+CREATE INDEX email_sent_log_created ON email_sent_log USING brin (created_at);
 
 -- ---------------------------------------------------------------------------
 -- Watched tables and their triggers.
