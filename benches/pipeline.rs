@@ -275,7 +275,7 @@ async fn sweep(
     }
     let setup = t.elapsed();
     let pool = audit_alert::db::pool(&db.config().database, 2).unwrap();
-    let snapshot = audit_alert::monitor::control::Snapshot::load(&pool)
+    let snapshot = audit_alert::monitor::control::Snapshot::load(&pool, None)
         .await
         .unwrap();
     let table: Vec<_> = snapshot

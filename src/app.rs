@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::crypto::SecretBox;
 use crate::db;
 use crate::monitor::Worker;
 
@@ -20,6 +21,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// Why the service could not start; each names the setting to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Config(String),
     #[error("DATABASE_URL: {0}")]
     Database(String),
     #[error("API_HOST/API_PORT: cannot listen on {addr}: {source}")]
@@ -44,8 +47,14 @@ impl App {
     /// Prepares the database (creating and migrating it as needed), then
     /// starts the worker and the HTTP server.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let secrets = config
+            .secret_key
+            .as_ref()
+            .map(SecretBox::from_key)
+            .transpose()
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let (pool, db_config) = prepare_database(config).await?;
-        let worker = Worker::new(pool.clone(), db_config).await?;
+        let worker = Worker::new(pool.clone(), db_config, secrets.clone()).await?;
         let acceptor = TcpListener::bind(config.api_addr)
             .into_acceptor()
             .await
@@ -64,6 +73,7 @@ impl App {
         let routes = api::routes(AppState {
             pool: pool.clone(),
             worker: worker.clone(),
+            secrets,
         });
         let stop = shutdown.clone();
         tasks.spawn(async move {

@@ -100,7 +100,18 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             log_file: get("LOG_FILE").map(PathBuf::from),
             admin_token: get("ADMIN_TOKEN").map(Secret::new),
-            secret_key: get("SECRET_KEY").map(Secret::new),
+            secret_key: match get("SECRET_KEY").map(Secret::new) {
+                Some(key) => match crate::crypto::SecretBox::from_key(&key) {
+                    Ok(_) => Some(key),
+                    Err(e) => {
+                        return Err(ConfigError::new(
+                            "SECRET_KEY",
+                            e.to_string().trim_start_matches("SECRET_KEY: ").to_owned(),
+                        ))
+                    }
+                },
+                None => None,
+            },
         })
     }
 

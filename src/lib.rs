@@ -11,6 +11,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod mail;
 pub mod monitor;

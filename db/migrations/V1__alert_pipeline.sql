@@ -46,6 +46,9 @@ ALTER TABLE smtp_config ADD COLUMN IF NOT EXISTS security text
 -- Login name when it differs from sender_email.
 ALTER TABLE smtp_config ADD COLUMN IF NOT EXISTS username varchar(255);
 ALTER TABLE smtp_config ADD COLUMN IF NOT EXISTS timeout_seconds integer NOT NULL DEFAULT 30;
+-- The password encrypted with SECRET_KEY; sender_password keeps only what the
+-- old system stored in clear, until it is re-saved.
+ALTER TABLE smtp_config ADD COLUMN IF NOT EXISTS password_encrypted text;
 ALTER TABLE smtp_config ALTER COLUMN created_at TYPE timestamptz;
 ALTER TABLE smtp_config ALTER COLUMN updated_at TYPE timestamptz;
 

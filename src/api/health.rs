@@ -2,22 +2,17 @@
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use poem_openapi::{Object, OpenApi};
 
-use super::AppState;
-
-#[derive(Tags)]
-enum ApiTags {
-    /// Liveness and readiness.
-    Health,
-}
+use super::error::{ApiError, ApiResult};
+use super::{ApiTags, AppState};
 
 pub struct HealthApi;
 
 /// The service's health.
 #[derive(Object)]
 pub struct Health {
-    /// `ok` when every check passes, else `degraded`.
+    /// `ok` when every check passes.
     pub status: String,
     /// The database answered a query.
     pub database: bool,
@@ -25,36 +20,33 @@ pub struct Health {
     pub listener_connected: bool,
 }
 
-#[derive(ApiResponse)]
-enum HealthResponse {
-    /// Every check passed.
-    #[oai(status = 200)]
-    Ok(Json<Health>),
-    /// A check failed; the body says which.
-    #[oai(status = 503)]
-    Unavailable(Json<Health>),
-}
-
-#[OpenApi(tag = "ApiTags::Health")]
-impl HealthApi {
-    /// Health check (public, for load balancers and orchestrators)
-    #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self, state: Data<&AppState>) -> HealthResponse {
+impl Health {
+    pub(crate) async fn check(state: &AppState) -> ApiResult<Health> {
         let database = match state.pool.get().await {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         };
         let listener_connected = state.worker.status().listener_connected();
-        let ok = database && listener_connected;
-        let health = Health {
-            status: if ok { "ok" } else { "degraded" }.into(),
-            database,
-            listener_connected,
-        };
-        if ok {
-            HealthResponse::Ok(Json(health))
-        } else {
-            HealthResponse::Unavailable(Json(health))
+        match (database, listener_connected) {
+            (true, true) => Ok(Health {
+                status: "ok".into(),
+                database,
+                listener_connected,
+            }),
+            (false, _) => Err(ApiError::unavailable("the database is unreachable")),
+            (true, false) => Err(ApiError::unavailable(
+                "the notification listener is not connected (reconnecting)",
+            )),
         }
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Health check (public, for load balancers): 200 when the database is
+    /// reachable and the listener connected, else 503
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self, state: Data<&AppState>) -> ApiResult<Json<Health>> {
+        Health::check(&state).await.map(Json)
     }
 }

@@ -1,25 +1,96 @@
 //! The HTTP API: poem-openapi operations, the generated spec and the docs page.
+//! Errors are turned into problem+json in one place (`error`).
 
+mod alerts;
+mod error;
 mod health;
+mod monitor;
+mod recipients;
+mod smtp;
+mod system;
+mod tables;
 
 use deadpool_postgres::Pool;
+use lettre::Address;
 use poem::middleware::Tracing;
-use poem::{EndpointExt, Route};
-use poem_openapi::OpenApiService;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::{Object, OpenApiService, Tags};
 
+pub use error::{ApiError, ApiResult, Problem};
+
+use crate::crypto::SecretBox;
 use crate::monitor::Worker;
+
+/// Largest request body accepted (413 beyond).
+const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What every operation can reach through `Data<&AppState>`.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
     pub worker: Worker,
+    pub secrets: Option<SecretBox>,
 }
 
-type Apis = health::HealthApi;
+#[derive(Tags)]
+pub(crate) enum ApiTags {
+    /// Liveness and readiness.
+    Health,
+    /// SMTP servers alerts are sent through.
+    Smtp,
+    /// Who receives the alerts of each table.
+    Recipients,
+    /// Run-time switches and tunables.
+    System,
+    /// Tables whose flagged rows raise alerts.
+    Tables,
+    /// The alert worker: pause, resume, status, logs.
+    Monitor,
+    /// Alert history and re-sending.
+    Alerts,
+}
+
+/// How many rows a delete removed.
+#[derive(Object)]
+pub struct Deleted {
+    pub deleted: u64,
+}
+
+/// Parses an e-mail address, naming `field` when it is not one.
+pub(crate) fn parse_email(field: &str, value: &str) -> ApiResult<Address> {
+    value.trim().parse::<Address>().map_err(|e| {
+        ApiError::invalid(
+            field,
+            format!("{field}: '{value}' is not a valid e-mail address ({e})"),
+        )
+    })
+}
+
+type Apis = (
+    health::HealthApi,
+    smtp::SmtpApi,
+    recipients::RecipientsApi,
+    system::SystemApi,
+    tables::TablesApi,
+    monitor::MonitorApi,
+    alerts::AlertsApi,
+);
 
 fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(health::HealthApi, "audit-alert", env!("CARGO_PKG_VERSION")).description(
+    OpenApiService::new(
+        (
+            health::HealthApi,
+            smtp::SmtpApi,
+            recipients::RecipientsApi,
+            system::SystemApi,
+            tables::TablesApi,
+            monitor::MonitorApi,
+            alerts::AlertsApi,
+        ),
+        "audit-alert",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
         "Turns content-moderation verdicts in PostgreSQL into e-mail alerts, exactly once.",
     )
 }
@@ -33,6 +104,46 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
+/// Refuses bodies over [`BODY_LIMIT`] with 413, whether or not they
+/// announce their length.
+async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    let too_large = || poem::Error::from_status(poem::http::StatusCode::PAYLOAD_TOO_LARGE);
+    let announced = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(too_large());
+    }
+    let body = req
+        .take_body()
+        .into_bytes_limit(BODY_LIMIT)
+        .await
+        .map_err(|_| too_large())?;
+    req.set_body(body);
+    let path = req.uri().path().to_owned();
+    match next.call(req).await {
+        Ok(response) => Ok(response.into_response()),
+        Err(e) => Err(name_path_param(e, &path)),
+    }
+}
+
+/// poem-openapi calls a path parameter that fails to parse `param0`; name it.
+/// Every numeric path parameter is an `id`, except the sweep interval.
+fn name_path_param(e: poem::Error, path: &str) -> poem::Error {
+    let message = e.to_string();
+    if !message.contains("path `param0`") {
+        return e;
+    }
+    let name = if path.starts_with("/api/monitor/interval/") {
+        "minutes"
+    } else {
+        "id"
+    };
+    let renamed = message.replace("path `param0`", &format!("parameter `{name}`"));
+    poem::Error::from_string(renamed, e.status())
+}
+
 /// Every route: the operations, `/openapi.json` and `/docs`.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = service();
@@ -42,6 +153,8 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
+        .around(limit_body)
+        .catch_all_error(error::into_problem)
         .data(state)
         .with(Tracing)
 }

@@ -71,24 +71,83 @@ impl SmtpSettings {
     }
 }
 
+/// What kind of trouble a send ran into, for operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The server could not be reached or dropped the connection.
+    Connection,
+    /// The TLS handshake or certificate check failed.
+    Tls,
+    /// The server refused the login.
+    Authentication,
+    /// The server refused a recipient.
+    RecipientRejected,
+    /// The server did not answer in time.
+    Timeout,
+    /// Anything else (a refused message, a bad configuration…).
+    Other,
+}
+
+/// A failed send: its kind and the details in plain words.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
 /// Why one message did not reach one recipient.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeliveryError {
     /// The server refused for good (5xx): retrying will not help.
-    #[error("{0}")]
-    Permanent(String),
+    #[error("{}", .0.detail)]
+    Permanent(Failure),
     /// Worth retrying: 4xx, timeouts, connection or TLS trouble.
-    #[error("{0}")]
-    Transient(String),
+    #[error("{}", .0.detail)]
+    Transient(Failure),
 }
 
 impl DeliveryError {
+    pub fn permanent(detail: impl Into<String>) -> Self {
+        Self::Permanent(Failure {
+            kind: FailureKind::Other,
+            detail: detail.into(),
+        })
+    }
+
+    pub fn transient(kind: FailureKind, detail: impl Into<String>) -> Self {
+        Self::Transient(Failure {
+            kind,
+            detail: detail.into(),
+        })
+    }
+
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Permanent(f) | Self::Transient(f) => f.kind,
+        }
+    }
+
     fn from_smtp(e: SmtpError) -> Self {
-        let words = describe_smtp_error(&e);
-        if e.is_permanent() {
-            Self::Permanent(words)
+        let detail = describe_smtp_error(&e);
+        let code = e.status().map(|c| c.to_string());
+        let kind = if e.is_tls() {
+            FailureKind::Tls
+        } else if e.is_timeout() {
+            FailureKind::Timeout
+        } else if matches!(code.as_deref(), Some("530" | "534" | "535" | "454")) {
+            FailureKind::Authentication
+        } else if matches!(code.as_deref(), Some("550" | "551" | "552" | "553")) {
+            FailureKind::RecipientRejected
+        } else if e.is_response() || e.is_transient() || e.is_permanent() {
+            FailureKind::Other
         } else {
-            Self::Transient(words)
+            FailureKind::Connection
+        };
+        let failure = Failure { kind, detail };
+        if e.is_permanent() {
+            Self::Permanent(failure)
+        } else {
+            Self::Transient(failure)
         }
     }
 }
@@ -138,7 +197,7 @@ impl Mailer {
     /// Prepares the pool (connections are opened on first send).
     pub fn new(settings: SmtpSettings, pool_size: u32) -> Result<Self, DeliveryError> {
         let invalid = |what: &str, e: &dyn std::fmt::Display| {
-            DeliveryError::Permanent(format!("invalid SMTP configuration ({what}): {e}"))
+            DeliveryError::permanent(format!("invalid SMTP configuration ({what}): {e}"))
         };
         let tls = match settings.security {
             Security::None => None,
@@ -218,12 +277,15 @@ impl Mailer {
         .await;
         match sent {
             Ok(result) => result,
-            Err(_) => Err(DeliveryError::Transient(format!(
-                "timed out after {}s talking to {}:{}",
-                timeout.as_secs(),
-                self.0.settings.host,
-                self.0.settings.port
-            ))),
+            Err(_) => Err(DeliveryError::transient(
+                FailureKind::Timeout,
+                format!(
+                    "timed out after {}s talking to {}:{}",
+                    timeout.as_secs(),
+                    self.0.settings.host,
+                    self.0.settings.port
+                ),
+            )),
         }
     }
 
@@ -261,7 +323,10 @@ impl Mailer {
             .map_err(DeliveryError::from_smtp)?,
             Security::None | Security::StartTls => {
                 let unreachable = |e: std::io::Error| {
-                    DeliveryError::Transient(format!("cannot connect to {host}:{port}: {e}"))
+                    DeliveryError::transient(
+                        FailureKind::Connection,
+                        format!("cannot connect to {host}:{port}: {e}"),
+                    )
                 };
                 let stream = tokio::net::TcpStream::connect((host, port))
                     .await

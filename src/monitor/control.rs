@@ -10,6 +10,7 @@ use deadpool_postgres::Pool;
 
 use super::retry::RetryPolicy;
 use crate::config::Secret;
+use crate::crypto::SecretBox;
 use crate::mail::transport::Security;
 use crate::mail::SmtpSettings;
 
@@ -37,36 +38,124 @@ impl Default for Switches {
     }
 }
 
+/// The kind of value a setting holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingKind {
+    Boolean,
+    Integer { min: u64, max: u64 },
+}
+
+/// A key of `system_config`.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    pub kind: SettingKind,
+    pub description: &'static str,
+}
+
+const fn int(min: u64, max: u64) -> SettingKind {
+    SettingKind::Integer { min, max }
+}
+
+/// Every key the service reads from `system_config`.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "monitor_enabled",
+        kind: SettingKind::Boolean,
+        description: "Deliver alerts (false pauses delivery on every copy; alerts wait)",
+    },
+    Setting {
+        key: "email_enabled",
+        kind: SettingKind::Boolean,
+        description: "Send e-mail (false records new alerts as suppressed)",
+    },
+    Setting {
+        key: "check_interval",
+        kind: int(1, 60),
+        description: "Minutes between fallback sweeps (1-60)",
+    },
+    Setting {
+        key: "digest_max_records",
+        kind: int(1, 10_000),
+        description: "Most records one digest e-mail carries",
+    },
+    Setting {
+        key: "retry_max_attempts",
+        kind: int(1, 100),
+        description: "Delivery attempts before an alert is marked failed",
+    },
+    Setting {
+        key: "retry_base_ms",
+        kind: int(1, 3_600_000),
+        description: "First retry delay in milliseconds; doubles per attempt",
+    },
+    Setting {
+        key: "retry_max_ms",
+        kind: int(1, 86_400_000),
+        description: "Longest retry delay in milliseconds",
+    },
+    Setting {
+        key: "sending_lease_seconds",
+        kind: int(1, 86_400),
+        description: "Seconds after which an unfinished send is taken over by another worker",
+    },
+];
+
+/// Why a setting was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error("unknown setting '{0}'")]
+    UnknownKey(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Checks a value for `key` and returns it in its stored form.
+pub fn validate_setting(key: &str, value: &str) -> Result<String, SettingError> {
+    let setting = SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| SettingError::UnknownKey(key.to_owned()))?;
+    let value = value.trim();
+    match setting.kind {
+        SettingKind::Boolean => parse_bool(value).map(|b| b.to_string()).ok_or_else(|| {
+            SettingError::Invalid(format!("{key} must be true or false, not '{value}'"))
+        }),
+        SettingKind::Integer { min, max } => parse_in(value, min, max)
+            .map(|n| n.to_string())
+            .ok_or_else(|| {
+                SettingError::Invalid(format!(
+                    "{key} must be a whole number from {min} to {max}, not '{value}'"
+                ))
+            }),
+    }
+}
+
 impl Switches {
     /// Reads the stored values; one that does not parse keeps its default
     /// (the API refuses such values, but SQL can write anything).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut s = Self::default();
         for (key, value) in pairs {
-            let value = value.trim();
-            let ok =
-                match key {
-                    "monitor_enabled" => parse_bool(value).map(|v| s.monitor_enabled = v),
-                    "email_enabled" => parse_bool(value).map(|v| s.email_enabled = v),
-                    "check_interval" => parse_in(value, 1, 60)
-                        .map(|v| s.check_interval = Duration::from_secs(v * 60)),
-                    "digest_max_records" => {
-                        parse_in(value, 1, 10_000).map(|v| s.digest_max_records = v as usize)
-                    }
-                    "retry_max_attempts" => {
-                        parse_in(value, 1, 100).map(|v| s.retry.max_attempts = v as u32)
-                    }
-                    "retry_base_ms" => parse_in(value, 1, 3_600_000)
-                        .map(|v| s.retry.base = Duration::from_millis(v)),
-                    "retry_max_ms" => parse_in(value, 1, 86_400_000)
-                        .map(|v| s.retry.max = Duration::from_millis(v)),
-                    "sending_lease_seconds" => {
-                        parse_in(value, 1, 86_400).map(|v| s.sending_lease = Duration::from_secs(v))
-                    }
-                    _ => Some(()),
-                };
-            if ok.is_none() {
-                tracing::warn!(key, value, "ignoring an invalid system_config value");
+            let value = match validate_setting(key, value) {
+                Ok(v) => v,
+                Err(SettingError::UnknownKey(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(key, value, error = %e, "ignoring an invalid system_config value");
+                    continue;
+                }
+            };
+            let number = || value.parse::<u64>().unwrap_or_default();
+            match key {
+                "monitor_enabled" => s.monitor_enabled = value == "true",
+                "email_enabled" => s.email_enabled = value == "true",
+                "check_interval" => s.check_interval = Duration::from_secs(number() * 60),
+                "digest_max_records" => s.digest_max_records = number() as usize,
+                "retry_max_attempts" => s.retry.max_attempts = number() as u32,
+                "retry_base_ms" => s.retry.base = Duration::from_millis(number()),
+                "retry_max_ms" => s.retry.max = Duration::from_millis(number()),
+                "sending_lease_seconds" => s.sending_lease = Duration::from_secs(number()),
+                _ => {}
             }
         }
         s
@@ -83,6 +172,44 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 fn parse_in(v: &str, min: u64, max: u64) -> Option<u64> {
     v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+/// The `smtp_config` columns [`smtp_settings`] reads.
+pub const SMTP_COLUMNS: &str = "id, smtp_server, smtp_port, security, sender_email, sender_name,
+    username, sender_password, timeout_seconds, password_encrypted";
+
+/// An SMTP configuration row (selected with [`SMTP_COLUMNS`]) ready to send
+/// with, its password decrypted.
+pub fn smtp_settings(
+    r: &tokio_postgres::Row,
+    secrets: Option<&SecretBox>,
+) -> Result<SmtpSettings, String> {
+    let port = u16::try_from(r.get::<_, i32>(2)).unwrap_or(25);
+    let password = match (r.get::<_, Option<&str>>(9), secrets) {
+        (Some(stored), Some(secrets)) => Some(secrets.decrypt(stored).map_err(|e| e.to_string())?),
+        (Some(_), None) => {
+            return Err(format!(
+                "the stored password is encrypted and SECRET_KEY is not set: {}",
+                crate::crypto::KEY_HINT
+            ))
+        }
+        // Left in clear by the old system.
+        (None, _) => r
+            .get::<_, Option<String>>(7)
+            .filter(|p| !p.is_empty())
+            .map(Secret::new),
+    };
+    Ok(SmtpSettings {
+        id: r.get(0),
+        host: r.get(1),
+        port,
+        security: Security::resolve(r.get::<_, Option<&str>>(3), port),
+        sender_email: r.get(4),
+        sender_name: r.get(5),
+        username: r.get(6),
+        password,
+        timeout: Duration::from_secs(r.get::<_, i32>(8).clamp(1, 600) as u64),
+    })
 }
 
 /// A table whose flagged rows raise alerts.
@@ -136,8 +263,9 @@ impl Snapshot {
         self.tables.iter().find(|t| t.name == name)
     }
 
-    /// Reads the whole snapshot in one repeatable-read transaction.
-    pub async fn load(pool: &Pool) -> anyhow::Result<Self> {
+    /// Reads the whole snapshot in one repeatable-read transaction;
+    /// `secrets` decrypts the SMTP password.
+    pub async fn load(pool: &Pool, secrets: Option<&SecretBox>) -> anyhow::Result<Self> {
         let mut client = pool
             .get()
             .await
@@ -158,28 +286,19 @@ impl Snapshot {
 
         let smtp = tx
             .query_opt(
-                "SELECT id, smtp_server, smtp_port, security, sender_email, sender_name,
-                        username, sender_password, timeout_seconds
-                   FROM smtp_config WHERE is_active ORDER BY updated_at DESC, id DESC LIMIT 1",
+                &format!(
+                    "SELECT {SMTP_COLUMNS} FROM smtp_config WHERE is_active
+                      ORDER BY updated_at DESC, id DESC LIMIT 1"
+                ),
                 &[],
             )
             .await
             .context("Failed to read smtp_config")?
-            .map(|r| {
-                let port = u16::try_from(r.get::<_, i32>(2)).unwrap_or(25);
-                SmtpSettings {
-                    id: r.get(0),
-                    host: r.get(1),
-                    port,
-                    security: Security::resolve(r.get::<_, Option<&str>>(3), port),
-                    sender_email: r.get(4),
-                    sender_name: r.get(5),
-                    username: r.get(6),
-                    password: r
-                        .get::<_, Option<String>>(7)
-                        .filter(|p| !p.is_empty())
-                        .map(Secret::new),
-                    timeout: Duration::from_secs(r.get::<_, i32>(8).clamp(1, 600) as u64),
+            .and_then(|row| match smtp_settings(&row, secrets) {
+                Ok(settings) => Some(settings),
+                Err(e) => {
+                    tracing::error!(smtp_config = row.get::<_, i32>(0), error = %e, "cannot use the active SMTP configuration");
+                    None
                 }
             });
 

@@ -14,6 +14,7 @@ use super::control::{Recipient, Snapshot};
 use super::queue::{ClaimedAlert, Outcome};
 use super::retry::RetryPolicy;
 use crate::mail::render::RenderedMail;
+use crate::mail::transport::FailureKind;
 use crate::mail::{AlertRecord, DeliveryError, Mailer, Renderer};
 
 /// Claimed alerts that go out as one e-mail.
@@ -90,7 +91,7 @@ pub async fn send_digest(
     let mail = match renderer.render(digest.table, &records) {
         Ok(mail) => mail,
         Err(e) => {
-            let refused = DeliveryError::Permanent(e.to_string());
+            let refused = DeliveryError::permanent(e.to_string());
             return judge(digest, retry, &[], &[("", refused)], None);
         }
     };
@@ -128,7 +129,7 @@ pub async fn send_digest(
 }
 
 fn transient(words: &str) -> DeliveryError {
-    DeliveryError::Transient(words.to_owned())
+    DeliveryError::transient(FailureKind::Other, words)
 }
 
 async fn send_one(
@@ -140,7 +141,7 @@ async fn send_one(
     let address = to
         .email
         .parse()
-        .map_err(|e| DeliveryError::Permanent(format!("invalid address {}: {e}", to.email)))?;
+        .map_err(|e| DeliveryError::permanent(format!("invalid address {}: {e}", to.email)))?;
     let message = Message::builder()
         .from(mailer.from().clone())
         .to(Mailbox::new(
@@ -153,7 +154,7 @@ async fn send_one(
             mail.text.clone(),
             mail.html.clone(),
         ))
-        .map_err(|e| DeliveryError::Permanent(format!("cannot build the message: {e}")))?;
+        .map_err(|e| DeliveryError::permanent(format!("cannot build the message: {e}")))?;
     mailer.send(message).await
 }
 
@@ -247,7 +248,7 @@ mod tests {
     fn one_permanent_refusal_does_not_fail_the_others() {
         let alerts = [alert(1, "a", &[])];
         let digests = group(&alerts, 10);
-        let failures = [("bad@x.y", DeliveryError::Permanent("550".into()))];
+        let failures = [("bad@x.y", DeliveryError::permanent("550"))];
         let out = judge(
             &digests[0],
             &RetryPolicy::default(),
@@ -263,7 +264,7 @@ mod tests {
     #[test]
     fn transient_failures_retry_then_fail() {
         let mut a = alert(1, "a", &[]);
-        let failures = [("x@y.z", DeliveryError::Transient("421".into()))];
+        let failures = [("x@y.z", DeliveryError::transient(FailureKind::Other, "421"))];
         let policy = RetryPolicy::default();
         let out = judge(
             &group(std::slice::from_ref(&a), 10)[0],

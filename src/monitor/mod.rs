@@ -13,7 +13,7 @@ pub mod sweeper;
 pub mod tables;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use control::Snapshot;
 use status::MonitorStatus;
 use sweeper::SweepReport;
 
+use crate::crypto::SecretBox;
 use crate::mail::{Mailer, Renderer};
 
 /// Channel the alert triggers notify.
@@ -49,11 +50,15 @@ pub struct Worker(Arc<Inner>);
 
 struct Inner {
     pool: Pool,
+    secrets: Option<SecretBox>,
     db_config: tokio_postgres::Config,
     /// Names this copy in leases (`locked_by`).
     id: String,
     // std locks: nothing awaits while they are held.
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// The configuration and the number of the load it came from.
+    snapshot: RwLock<(u64, Arc<Snapshot>)>,
+    /// Numbers configuration loads in the order they started.
+    loads: AtomicU64,
     mailer: Mutex<Option<Mailer>>,
     renderer: Renderer,
     wake: Notify,
@@ -65,12 +70,18 @@ struct Inner {
 
 impl Worker {
     /// Loads the configuration; nothing runs until [`Worker::spawn`].
-    pub async fn new(pool: Pool, db_config: tokio_postgres::Config) -> anyhow::Result<Self> {
+    pub async fn new(
+        pool: Pool,
+        db_config: tokio_postgres::Config,
+        secrets: Option<SecretBox>,
+    ) -> anyhow::Result<Self> {
         let worker = Self(Arc::new(Inner {
             pool,
+            secrets,
             db_config,
             id: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             snapshot: RwLock::default(),
+            loads: AtomicU64::new(0),
             mailer: Mutex::new(None),
             renderer: Renderer::default_templates(),
             wake: Notify::new(),
@@ -102,7 +113,7 @@ impl Worker {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.0.snapshot.read().expect("snapshot lock").clone()
+        self.0.snapshot.read().expect("snapshot lock").1.clone()
     }
 
     pub(crate) fn db_config(&self) -> &tokio_postgres::Config {
@@ -121,8 +132,15 @@ impl Worker {
     /// Re-reads the configuration and rebuilds the SMTP transport if its
     /// server changed.
     pub async fn reload(&self) -> anyhow::Result<()> {
-        let snapshot = Snapshot::load(&self.0.pool).await?;
-        {
+        // A load that started earlier may finish later; it must not replace
+        // what a later load (which saw more recent commits) stored.
+        let number = self.0.loads.fetch_add(1, Ordering::SeqCst) + 1;
+        let snapshot = Arc::new(Snapshot::load(&self.0.pool, self.0.secrets.as_ref()).await?);
+        let previous = {
+            let mut current = self.0.snapshot.write().expect("snapshot lock");
+            if current.0 > number {
+                return Ok(());
+            }
             let mut mailer = self.0.mailer.lock().expect("mailer lock");
             *mailer = match &snapshot.smtp {
                 None => None,
@@ -136,12 +154,9 @@ impl Worker {
                     }
                 }
             };
-        }
-        let previous = std::mem::replace(
-            &mut *self.0.snapshot.write().expect("snapshot lock"),
-            Arc::new(snapshot),
-        );
-        if previous.switches.check_interval != self.snapshot().switches.check_interval {
+            std::mem::replace(&mut *current, (number, snapshot.clone())).1
+        };
+        if previous.switches.check_interval != snapshot.switches.check_interval {
             self.0.rearm_sweep.notify_one();
         }
         Ok(())

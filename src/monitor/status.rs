@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use super::queue::Outcome;
 use super::sweeper::SweepReport;
 
-#[derive(Default)]
 pub struct MonitorStatus {
+    started_at: DateTime<Utc>,
     listener_connected: AtomicBool,
     sent: AtomicU64,
     retried: AtomicU64,
@@ -29,7 +29,24 @@ pub struct Times {
     pub next_sweep: Option<DateTime<Utc>>,
 }
 
+impl Default for MonitorStatus {
+    fn default() -> Self {
+        Self {
+            started_at: Utc::now(),
+            listener_connected: AtomicBool::default(),
+            sent: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            times: Mutex::default(),
+        }
+    }
+}
+
 impl MonitorStatus {
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
     pub fn listener_connected(&self) -> bool {
         self.listener_connected.load(Ordering::Relaxed)
     }

@@ -1,6 +1,8 @@
 //! Integration tests: the real service against a fresh PostgreSQL database and
 //! a real SMTP server per test, asserting on the e-mail that arrived.
 
+mod api;
+mod client;
 mod helpers;
 mod pipeline;
 mod startup;

@@ -1,0 +1,252 @@
+//! Alert history: filtered, paged listing; one alert with its delivery
+//! details; re-sending a failed or suppressed alert.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::{ParseFromJSON, ToJSON};
+use poem_openapi::{Enum, Object, OpenApi};
+use tokio_postgres::Row;
+
+use super::error::{ApiError, ApiResult};
+use super::{ApiTags, AppState};
+
+pub struct AlertsApi;
+
+/// Where an alert is in its life.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// Waiting to be sent (due, retrying, or held).
+    Pending,
+    /// Claimed by a worker.
+    Sending,
+    Sent,
+    /// Attempts exhausted or refused by every recipient.
+    Failed,
+    /// Recorded while e-mail was switched off.
+    Suppressed,
+    /// Present when its table started being watched; not mailed.
+    Baseline,
+}
+
+impl AlertStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Suppressed => "suppressed",
+            Self::Baseline => "baseline",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "sending" => Self::Sending,
+            "sent" => Self::Sent,
+            "failed" => Self::Failed,
+            "suppressed" => Self::Suppressed,
+            "baseline" => Self::Baseline,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// One alert: a flagged record and its delivery.
+#[derive(Object)]
+pub struct Alert {
+    pub id: i64,
+    pub table_name: String,
+    pub record_id: String,
+    pub verdict: String,
+    pub status: AlertStatus,
+    /// Delivery attempts so far.
+    pub attempts: i32,
+    /// The last error, when there was one.
+    pub last_error: Option<String>,
+    /// When a pending alert is due (or a sending one's lease ends).
+    pub next_attempt_at: DateTime<Utc>,
+    /// Recipients that have it.
+    pub delivered_to: Vec<String>,
+    /// Recipients that refused it for good, with the server's answer.
+    pub failed_recipients: serde_json::Value,
+    /// Message-ID of the e-mail that carried it.
+    pub message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of results; every list shares this shape.
+#[derive(Object)]
+pub struct Page<T: ParseFromJSON + ToJSON> {
+    pub items: Vec<T>,
+    /// Matches across all pages.
+    pub total: i64,
+    /// 1-based.
+    pub page: u32,
+    pub page_size: u32,
+}
+
+const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
+     next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at";
+
+fn to_alert(r: &Row) -> Alert {
+    Alert {
+        id: r.get(0),
+        table_name: r.get(1),
+        record_id: r.get(2),
+        verdict: r.get(3),
+        status: AlertStatus::parse(r.get(4)),
+        attempts: r.get(5),
+        last_error: r.get(6),
+        next_attempt_at: r.get(7),
+        delivered_to: r.get(8),
+        failed_recipients: r.get(9),
+        message_id: r.get(10),
+        created_at: r.get(11),
+        sent_at: r.get(12),
+        updated_at: r.get(13),
+    }
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::not_found(format!("alert {id} does not exist"))
+}
+
+#[OpenApi(tag = "ApiTags::Alerts")]
+impl AlertsApi {
+    /// Alert history, newest first, with filters and paging
+    #[allow(clippy::too_many_arguments)]
+    #[oai(path = "/api/alerts", method = "get", operation_id = "alert_list")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// Only alerts of this table.
+        table_name: Query<Option<String>>,
+        /// Only alerts in this state.
+        status: Query<Option<AlertStatus>>,
+        /// Only alerts with this verdict.
+        verdict: Query<Option<String>>,
+        /// Raised at or after this time (RFC 3339).
+        from: Query<Option<DateTime<Utc>>>,
+        /// Raised before this time (RFC 3339).
+        to: Query<Option<DateTime<Utc>>>,
+        /// Page number, from 1.
+        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        page: Query<u32>,
+        /// Items per page (1-500).
+        #[oai(
+            default = "default_page_size",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        page_size: Query<u32>,
+    ) -> ApiResult<Json<Page<Alert>>> {
+        let client = state.pool.get().await?;
+        let filter = "($1::text IS NULL OR table_name = $1) AND ($2::text IS NULL OR status = $2)
+            AND ($3::text IS NULL OR verdict = $3) AND ($4::timestamptz IS NULL OR created_at >= $4)
+            AND ($5::timestamptz IS NULL OR created_at < $5)";
+        let status = status.0.map(AlertStatus::as_str);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&table_name.0, &status, &verdict.0, &from.0, &to.0];
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM email_sent_log WHERE {filter}"),
+                &params,
+            )
+            .await?
+            .get(0);
+        let offset = i64::from(page.0 - 1) * i64::from(page_size.0);
+        let limit = i64::from(page_size.0);
+        let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
+        all.push(&limit);
+        all.push(&offset);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM email_sent_log WHERE {filter}
+                      ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
+                ),
+                &all,
+            )
+            .await?;
+        Ok(Json(Page {
+            items: rows.iter().map(to_alert).collect(),
+            total,
+            page: page.0,
+            page_size: page_size.0,
+        }))
+    }
+
+    /// One alert with its recipients, attempts and last error
+    #[oai(path = "/api/alerts/:id", method = "get", operation_id = "alert_get")]
+    async fn get(&self, state: Data<&AppState>, id: Path<i64>) -> ApiResult<Json<Alert>> {
+        let client = state.pool.get().await?;
+        client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM email_sent_log WHERE id = $1"),
+                &[&id.0],
+            )
+            .await?
+            .map(|r| Json(to_alert(&r)))
+            .ok_or_else(|| not_found(id.0))
+    }
+
+    /// Send a failed or suppressed alert again, to every active recipient
+    #[oai(
+        path = "/api/alerts/:id/resend",
+        method = "post",
+        operation_id = "alert_resend"
+    )]
+    async fn resend(&self, state: Data<&AppState>, id: Path<i64>) -> ApiResult<Json<Alert>> {
+        let client = state.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE email_sent_log
+                        SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                            delivered_to = '{{}}', failed_recipients = '{{}}', error_message = NULL,
+                            updated_at = now()
+                      WHERE id = $1 AND status IN ('failed', 'suppressed')
+                  RETURNING {COLUMNS}"
+                ),
+                &[&id.0],
+            )
+            .await?;
+        match row {
+            Some(r) => {
+                // Re-sends usually follow a configuration fix: send with it.
+                state.worker.reload().await?;
+                state.worker.wake();
+                Ok(Json(to_alert(&r)))
+            }
+            None => {
+                let current: Option<String> = client
+                    .query_opt("SELECT status FROM email_sent_log WHERE id = $1", &[&id.0])
+                    .await?
+                    .map(|r| r.get(0));
+                match current {
+                    None => Err(not_found(id.0)),
+                    Some(s) => Err(ApiError::conflict(
+                        None,
+                        format!(
+                            "alert {} is {s}; only failed or suppressed alerts can be re-sent",
+                            id.0
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn default_page() -> u32 {
+    1
+}
+
+fn default_page_size() -> u32 {
+    50
+}

@@ -1,0 +1,261 @@
+//! The worker seen from outside: pause and resume delivery on every copy,
+//! status in the old system's shape plus listener, sweep and queue facts,
+//! the sweep interval, recent log lines and health.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::error::ApiResult;
+use super::health::Health;
+use super::{system, ApiTags, AppState};
+use crate::monitor::CONTROL_CHANNEL;
+
+pub struct MonitorApi;
+
+/// Switches as stored.
+#[derive(Object)]
+pub struct MonitorConfig {
+    pub monitor_enabled: bool,
+    pub email_enabled: bool,
+    /// Minutes between fallback sweeps.
+    pub check_interval: u64,
+}
+
+/// This copy of the service.
+#[derive(Object)]
+pub struct ProcessInfo {
+    /// Delivery is running (not paused).
+    pub is_running: bool,
+    pub pid: u32,
+    /// `running` or `stopped`.
+    pub status: String,
+    pub start_time: DateTime<Utc>,
+}
+
+/// The notification listener of this copy.
+#[derive(Object)]
+pub struct ListenerInfo {
+    pub connected: bool,
+    pub last_notification: Option<DateTime<Utc>>,
+}
+
+/// The fallback sweep of this copy.
+#[derive(Object)]
+pub struct SweepInfo {
+    pub last_sweep: Option<DateTime<Utc>>,
+    pub last_duration_ms: Option<f64>,
+    /// Rows the last sweep found that no trigger had reported.
+    pub last_found: u64,
+    pub next_sweep: Option<DateTime<Utc>>,
+}
+
+/// Alerts by state, across every copy.
+#[derive(Object)]
+pub struct QueueInfo {
+    pub pending: i64,
+    pub sending: i64,
+    pub failed: i64,
+    pub suppressed: i64,
+    pub sent: i64,
+    pub baseline: i64,
+    /// Sent, retried and failed by this copy since it started.
+    pub sent_by_this_copy: u64,
+    pub retried_by_this_copy: u64,
+    pub failed_by_this_copy: u64,
+}
+
+/// Worker status (the old system's fields first).
+#[derive(Object)]
+pub struct MonitorStatus {
+    pub config: MonitorConfig,
+    pub process: ProcessInfo,
+    /// `healthy`, `stopped` (paused), or `degraded` (no SMTP server, listener down).
+    pub overall_status: String,
+    pub smtp_configured: bool,
+    /// Active recipients per watched table.
+    pub recipients_count: BTreeMap<String, i64>,
+    pub listener: ListenerInfo,
+    pub sweep: SweepInfo,
+    pub queue: QueueInfo,
+}
+
+/// The newest log lines of this copy.
+#[derive(Object)]
+pub struct MonitorLogs {
+    pub lines: Vec<String>,
+}
+
+async fn set_monitor(state: &AppState, enabled: bool) -> ApiResult<MonitorStatus> {
+    system::store(state, "monitor_enabled", &enabled.to_string()).await?;
+    state.worker.reload().await?;
+    status(state).await
+}
+
+async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
+    let snapshot = state.worker.snapshot();
+    let switches = &snapshot.switches;
+    let client = state.pool.get().await?;
+    let counts = client
+        .query(
+            "SELECT status, count(*) FROM email_sent_log
+              WHERE status IN ('pending', 'sending', 'failed', 'suppressed', 'sent', 'baseline')
+              GROUP BY status",
+            &[],
+        )
+        .await?;
+    let count = |s: &str| {
+        counts
+            .iter()
+            .find(|r| r.get::<_, &str>(0) == s)
+            .map_or(0, |r| r.get::<_, i64>(1))
+    };
+    let status = state.worker.status();
+    let times = status.times();
+    let (sent, retried, failed) = status.counters();
+    let running = switches.monitor_enabled;
+    let listener = status.listener_connected();
+    let overall = match (running, snapshot.smtp.is_some() && listener) {
+        (false, _) => "stopped",
+        (true, true) => "healthy",
+        (true, false) => "degraded",
+    };
+    Ok(MonitorStatus {
+        config: MonitorConfig {
+            monitor_enabled: switches.monitor_enabled,
+            email_enabled: switches.email_enabled,
+            check_interval: switches.check_interval.as_secs() / 60,
+        },
+        process: ProcessInfo {
+            is_running: running,
+            pid: std::process::id(),
+            status: if running { "running" } else { "stopped" }.into(),
+            start_time: status.started_at(),
+        },
+        overall_status: overall.into(),
+        smtp_configured: snapshot.smtp.is_some(),
+        recipients_count: snapshot
+            .tables
+            .iter()
+            .map(|t| {
+                let n = snapshot.recipients.get(&t.name).map_or(0, Vec::len);
+                (t.name.clone(), n as i64)
+            })
+            .collect(),
+        listener: ListenerInfo {
+            connected: listener,
+            last_notification: times.last_notification,
+        },
+        sweep: SweepInfo {
+            last_sweep: times.last_sweep,
+            last_duration_ms: times.last_sweep_duration.map(|d| d.as_secs_f64() * 1e3),
+            last_found: times.last_sweep_found,
+            next_sweep: times.next_sweep,
+        },
+        queue: QueueInfo {
+            pending: count("pending"),
+            sending: count("sending"),
+            failed: count("failed"),
+            suppressed: count("suppressed"),
+            sent: count("sent"),
+            baseline: count("baseline"),
+            sent_by_this_copy: sent,
+            retried_by_this_copy: retried,
+            failed_by_this_copy: failed,
+        },
+    })
+}
+
+#[OpenApi(tag = "ApiTags::Monitor")]
+impl MonitorApi {
+    /// Resume delivery on every running copy; alerts that waited go out now
+    #[oai(
+        path = "/api/monitor/start",
+        method = "post",
+        operation_id = "monitor_start"
+    )]
+    async fn start(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+        set_monitor(&state, true).await.map(Json)
+    }
+
+    /// Pause delivery on every running copy; new alerts are kept and wait
+    #[oai(
+        path = "/api/monitor/stop",
+        method = "post",
+        operation_id = "monitor_stop"
+    )]
+    async fn stop(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+        set_monitor(&state, false).await.map(Json)
+    }
+
+    /// Resume delivery and make every copy reload its configuration and sweep
+    #[oai(
+        path = "/api/monitor/restart",
+        method = "post",
+        operation_id = "monitor_restart"
+    )]
+    async fn restart(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+        system::store(&state, "monitor_enabled", "true").await?;
+        let client = state.pool.get().await?;
+        client
+            .execute("SELECT pg_notify($1, 'restart')", &[&CONTROL_CHANNEL])
+            .await?;
+        state.worker.catch_up().await;
+        status(&state).await.map(Json)
+    }
+
+    /// Worker status: switches, this copy, listener, sweep and queue
+    #[oai(
+        path = "/api/monitor/status",
+        method = "get",
+        operation_id = "monitor_status"
+    )]
+    async fn status(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+        status(&state).await.map(Json)
+    }
+
+    /// Set the fallback sweep interval in minutes (1-60); takes effect at once
+    #[oai(
+        path = "/api/monitor/interval/:minutes",
+        method = "put",
+        operation_id = "monitor_interval"
+    )]
+    async fn interval(
+        &self,
+        state: Data<&AppState>,
+        #[oai(validator(minimum(value = "1"), maximum(value = "60")))] minutes: Path<u32>,
+    ) -> ApiResult<Json<MonitorStatus>> {
+        system::store(&state, "check_interval", &minutes.0.to_string()).await?;
+        state.worker.reload().await?;
+        status(&state).await.map(Json)
+    }
+
+    /// The newest log lines of this copy (1-1000, default 100)
+    #[oai(
+        path = "/api/monitor/logs",
+        method = "get",
+        operation_id = "monitor_logs"
+    )]
+    async fn logs(
+        &self,
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] lines: Query<Option<u32>>,
+    ) -> Json<MonitorLogs> {
+        Json(MonitorLogs {
+            lines: crate::telemetry::recent_lines(lines.0.unwrap_or(100) as usize),
+        })
+    }
+
+    /// Health of this copy: database reachable, listener connected
+    #[oai(
+        path = "/api/monitor/health",
+        method = "get",
+        operation_id = "monitor_health"
+    )]
+    async fn health(&self, state: Data<&AppState>) -> ApiResult<Json<Health>> {
+        Health::check(&state).await.map(Json)
+    }
+}

@@ -1,0 +1,303 @@
+//! Recipients of each table's alerts: CRUD plus all-or-nothing batches.
+//! An address is unique per table; the table must be watched.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+
+use super::error::{ApiError, ApiResult};
+use super::{parse_email, ApiTags, AppState, Deleted};
+
+pub struct RecipientsApi;
+
+/// Someone who receives a table's alerts.
+#[derive(Object)]
+pub struct Recipient {
+    pub id: i32,
+    /// The watched table whose alerts this recipient gets.
+    pub table_name: String,
+    pub email: String,
+    pub name: Option<String>,
+    /// Inactive recipients are kept but not mailed.
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new or replaced recipient.
+#[derive(Object)]
+pub struct RecipientInput {
+    /// A watched table (see `/api/config/tables`).
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub table_name: String,
+    #[oai(validator(max_length = 255))]
+    pub email: String,
+    #[oai(validator(max_length = 255))]
+    pub name: Option<String>,
+    /// Default true.
+    pub is_active: Option<bool>,
+}
+
+/// Several recipients, created together or not at all.
+#[derive(Object)]
+pub struct RecipientBatch {
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub recipients: Vec<RecipientInput>,
+}
+
+/// Recipients to delete together (all must exist).
+#[derive(Object)]
+pub struct RecipientIds {
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub ids: Vec<i32>,
+}
+
+const COLUMNS: &str = "id, table_name, email, name, is_active, created_at, updated_at";
+
+fn to_recipient(r: &Row) -> Recipient {
+    Recipient {
+        id: r.get(0),
+        table_name: r.get(1),
+        email: r.get(2),
+        name: r.get(3),
+        is_active: r.get(4),
+        created_at: r.get(5),
+        updated_at: r.get(6),
+    }
+}
+
+/// Checks one input; `at` prefixes field names inside a batch (`recipients[3].email`).
+async fn validate(
+    client: &impl GenericClient,
+    input: &RecipientInput,
+    at: &str,
+) -> ApiResult<String> {
+    let email = parse_email(&format!("{at}email"), &input.email)?.to_string();
+    let watched = client
+        .query_opt(
+            "SELECT 1 FROM watched_tables WHERE table_name = $1",
+            &[&input.table_name],
+        )
+        .await?
+        .is_some();
+    if !watched {
+        return Err(ApiError::unprocessable(
+            &format!("{at}table_name"),
+            format!(
+                "{at}table_name: table '{}' is not watched",
+                input.table_name
+            ),
+        ));
+    }
+    Ok(email)
+}
+
+fn duplicate(e: &tokio_postgres::Error, at: &str) -> Option<ApiError> {
+    (e.code() == Some(&SqlState::UNIQUE_VIOLATION)).then(|| {
+        ApiError::conflict(
+            Some(&format!("{at}email")),
+            format!("{at}email: this address is already a recipient of that table"),
+        )
+    })
+}
+
+async fn insert(
+    client: &impl GenericClient,
+    input: &RecipientInput,
+    at: &str,
+) -> ApiResult<Recipient> {
+    let email = validate(client, input, at).await?;
+    client
+        .query_one(
+            &format!(
+                "INSERT INTO recipients_config (table_name, email, name, is_active)
+                 VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+            ),
+            &[
+                &input.table_name,
+                &email,
+                &input.name,
+                &input.is_active.unwrap_or(true),
+            ],
+        )
+        .await
+        .map(|r| to_recipient(&r))
+        .map_err(|e| duplicate(&e, at).unwrap_or_else(|| e.into()))
+}
+
+fn not_found(id: i32) -> ApiError {
+    ApiError::not_found(format!("recipient {id} does not exist"))
+}
+
+#[OpenApi(tag = "ApiTags::Recipients")]
+impl RecipientsApi {
+    /// Add a recipient
+    #[oai(
+        path = "/api/config/recipients",
+        method = "post",
+        operation_id = "recipient_create"
+    )]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RecipientInput>,
+    ) -> ApiResult<Json<Recipient>> {
+        let client = state.pool.get().await?;
+        insert(&client, &body, "").await.map(Json)
+    }
+
+    /// List recipients, optionally of one table or by active flag
+    #[oai(
+        path = "/api/config/recipients",
+        method = "get",
+        operation_id = "recipient_list"
+    )]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// Only recipients of this table.
+        table_name: Query<Option<String>>,
+        /// Only active (true) or inactive (false) recipients.
+        is_active: Query<Option<bool>>,
+    ) -> ApiResult<Json<Vec<Recipient>>> {
+        let client = state.pool.get().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM recipients_config
+                  WHERE ($1::text IS NULL OR table_name = $1) AND ($2::bool IS NULL OR is_active = $2)
+                  ORDER BY id"
+            ))
+            .await?;
+        let rows = client
+            .query(&statement, &[&table_name.0, &is_active.0])
+            .await?;
+        Ok(Json(rows.iter().map(to_recipient).collect()))
+    }
+
+    /// Get one recipient
+    #[oai(
+        path = "/api/config/recipients/:id",
+        method = "get",
+        operation_id = "recipient_get"
+    )]
+    async fn get(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<Recipient>> {
+        let client = state.pool.get().await?;
+        client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM recipients_config WHERE id = $1"),
+                &[&id.0],
+            )
+            .await?
+            .map(|r| Json(to_recipient(&r)))
+            .ok_or_else(|| not_found(id.0))
+    }
+
+    /// Replace a recipient
+    #[oai(
+        path = "/api/config/recipients/:id",
+        method = "put",
+        operation_id = "recipient_update"
+    )]
+    async fn update(
+        &self,
+        state: Data<&AppState>,
+        id: Path<i32>,
+        body: Json<RecipientInput>,
+    ) -> ApiResult<Json<Recipient>> {
+        let client = state.pool.get().await?;
+        let email = validate(&client, &body, "").await?;
+        client
+            .query_opt(
+                &format!(
+                    "UPDATE recipients_config SET table_name = $2, email = $3, name = $4,
+                         is_active = $5, updated_at = now()
+                      WHERE id = $1 RETURNING {COLUMNS}"
+                ),
+                &[
+                    &id.0,
+                    &body.table_name,
+                    &email,
+                    &body.name,
+                    &body.is_active.unwrap_or(true),
+                ],
+            )
+            .await
+            .map_err(|e| duplicate(&e, "").unwrap_or_else(|| e.into()))?
+            .map(|r| Json(to_recipient(&r)))
+            .ok_or_else(|| not_found(id.0))
+    }
+
+    /// Delete a recipient
+    #[oai(
+        path = "/api/config/recipients/:id",
+        method = "delete",
+        operation_id = "recipient_delete"
+    )]
+    async fn delete(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<Deleted>> {
+        let client = state.pool.get().await?;
+        match client
+            .execute("DELETE FROM recipients_config WHERE id = $1", &[&id.0])
+            .await?
+        {
+            0 => Err(not_found(id.0)),
+            n => Ok(Json(Deleted { deleted: n })),
+        }
+    }
+
+    /// Add several recipients at once: all of them, or none when one is invalid
+    #[oai(
+        path = "/api/config/recipients/batch",
+        method = "post",
+        operation_id = "recipient_batch_create"
+    )]
+    async fn batch_create(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RecipientBatch>,
+    ) -> ApiResult<Json<Vec<Recipient>>> {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut created = Vec::with_capacity(body.recipients.len());
+        for (i, input) in body.recipients.iter().enumerate() {
+            created.push(insert(&tx, input, &format!("recipients[{i}].")).await?);
+        }
+        tx.commit().await?;
+        Ok(Json(created))
+    }
+
+    /// Delete several recipients at once: all of them, or none when one does not exist
+    #[oai(
+        path = "/api/config/recipients/batch-delete",
+        method = "post",
+        operation_id = "recipient_batch_delete"
+    )]
+    async fn batch_delete(
+        &self,
+        state: Data<&AppState>,
+        body: Json<RecipientIds>,
+    ) -> ApiResult<Json<Deleted>> {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted: Vec<i32> = tx
+            .query(
+                "DELETE FROM recipients_config WHERE id = ANY($1) RETURNING id",
+                &[&body.ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(missing) = body.ids.iter().find(|id| !deleted.contains(id)) {
+            return Err(not_found(*missing));
+        }
+        tx.commit().await?;
+        Ok(Json(Deleted {
+            deleted: deleted.len() as u64,
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+//! Run-time switches and tunables (`system_config`): list, and update one key
+//! with typed validation. A change reaches every running copy within a second.
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+
+use super::error::{ApiError, ApiResult};
+use super::{ApiTags, AppState};
+use crate::monitor::control::{validate_setting, SettingError, SettingKind, SETTINGS};
+
+pub struct SystemApi;
+
+/// The type of a setting's value.
+#[derive(Enum, Clone, Copy)]
+#[oai(rename_all = "lowercase")]
+pub enum SettingType {
+    Boolean,
+    Integer,
+}
+
+/// One setting.
+#[derive(Object)]
+pub struct SystemSetting {
+    pub key: String,
+    /// The stored value, as text.
+    pub value: String,
+    #[oai(rename = "type")]
+    pub kind: SettingType,
+    pub description: String,
+    /// Smallest allowed value (integers only).
+    pub minimum: Option<u64>,
+    /// Largest allowed value (integers only).
+    pub maximum: Option<u64>,
+}
+
+/// A new value for a setting.
+#[derive(Object)]
+pub struct SettingValue {
+    /// `true`/`false` for booleans, a whole number for integers.
+    #[oai(validator(max_length = 100))]
+    pub value: String,
+}
+
+pub(crate) async fn store(state: &AppState, key: &str, value: &str) -> ApiResult<SystemSetting> {
+    let value = validate_setting(key, value).map_err(|e| match e {
+        SettingError::UnknownKey(_) => {
+            ApiError::not_found(format!("{e}; known settings: {}", known()))
+        }
+        SettingError::Invalid(detail) => ApiError::invalid("value", detail),
+    })?;
+    let client = state.pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO system_config (config_key, config_value) VALUES ($1, $2)
+             ON CONFLICT (config_key) DO UPDATE SET config_value = $2, updated_at = now()",
+            &[&key, &value],
+        )
+        .await?;
+    Ok(describe(key, value))
+}
+
+fn known() -> String {
+    SETTINGS
+        .iter()
+        .map(|s| s.key)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe(key: &str, value: String) -> SystemSetting {
+    let setting = SETTINGS.iter().find(|s| s.key == key).expect("a known key");
+    let (kind, minimum, maximum) = match setting.kind {
+        SettingKind::Boolean => (SettingType::Boolean, None, None),
+        SettingKind::Integer { min, max } => (SettingType::Integer, Some(min), Some(max)),
+    };
+    SystemSetting {
+        key: key.to_owned(),
+        value,
+        kind,
+        description: setting.description.to_owned(),
+        minimum,
+        maximum,
+    }
+}
+
+#[OpenApi(tag = "ApiTags::System")]
+impl SystemApi {
+    /// List every setting with its value, type and meaning
+    #[oai(
+        path = "/api/config/system",
+        method = "get",
+        operation_id = "system_list"
+    )]
+    async fn list(&self, state: Data<&AppState>) -> ApiResult<Json<Vec<SystemSetting>>> {
+        let client = state.pool.get().await?;
+        let rows = client
+            .query("SELECT config_key, config_value FROM system_config", &[])
+            .await?;
+        let stored = |key: &str| {
+            rows.iter()
+                .find(|r| r.get::<_, &str>(0) == key)
+                .map(|r| r.get::<_, String>(1))
+                .unwrap_or_default()
+        };
+        Ok(Json(
+            SETTINGS
+                .iter()
+                .map(|s| describe(s.key, stored(s.key)))
+                .collect(),
+        ))
+    }
+
+    /// Change one setting (takes effect on every running copy)
+    #[oai(
+        path = "/api/config/system/:key",
+        method = "put",
+        operation_id = "system_update"
+    )]
+    async fn update(
+        &self,
+        state: Data<&AppState>,
+        key: Path<String>,
+        body: Json<SettingValue>,
+    ) -> ApiResult<Json<SystemSetting>> {
+        store(&state, &key.0, &body.value).await.map(Json)
+    }
+}

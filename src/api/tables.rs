@@ -1,0 +1,222 @@
+//! Watched tables: list, watch (validating the table and columns, installing
+//! the triggers, recording existing rows as baseline or backfilling them),
+//! change and stop watching.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use tokio_postgres::Row;
+
+use super::error::{ApiError, ApiResult};
+use super::{ApiTags, AppState, Deleted};
+use crate::monitor::tables::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
+
+pub struct TablesApi;
+
+/// A table whose flagged rows raise alerts.
+#[derive(Object)]
+pub struct WatchedTable {
+    /// `table`, or `schema.table` outside public.
+    pub table_name: String,
+    pub id_column: String,
+    /// The id column's SQL type.
+    pub id_type: String,
+    pub verdict_column: String,
+    /// Verdicts that raise an alert.
+    pub alert_verdicts: Vec<String>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A table to watch, or new settings for a watched one.
+#[derive(Object)]
+pub struct WatchInput {
+    /// `table`, or `schema.table`.
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub table_name: String,
+    /// The id column (integer, bigint, uuid or text); default `id`.
+    #[oai(validator(min_length = 1, max_length = 63))]
+    pub id_column: Option<String>,
+    /// The verdict column; default `verdict`.
+    #[oai(validator(min_length = 1, max_length = 63))]
+    pub verdict_column: Option<String>,
+    /// Verdicts that raise an alert; default 不合格 and 不确定.
+    #[oai(validator(min_items = 1, max_items = 20))]
+    pub alert_verdicts: Option<Vec<String>>,
+    /// Mail the flagged rows already present instead of recording them as
+    /// baseline (default false).
+    pub backfill: Option<bool>,
+}
+
+/// The result of watching a table.
+#[derive(Object)]
+pub struct WatchResult {
+    pub table: WatchedTable,
+    /// Flagged rows already present: baseline, or queued by a backfill.
+    pub existing_flagged: u64,
+}
+
+const COLUMNS: &str = "table_name, id_column, id_type, verdict_column, alert_verdicts, enabled,
+     created_at, updated_at";
+
+fn to_table(r: &Row) -> WatchedTable {
+    WatchedTable {
+        table_name: r.get(0),
+        id_column: r.get(1),
+        id_type: r.get(2),
+        verdict_column: r.get(3),
+        alert_verdicts: r.get(4),
+        enabled: r.get(5),
+        created_at: r.get(6),
+        updated_at: r.get(7),
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("table '{name}' is not watched"))
+}
+
+async fn watch(state: &AppState, table_name: &str, input: &WatchInput) -> ApiResult<WatchResult> {
+    let request = WatchRequest {
+        table: table_name.to_owned(),
+        id_column: input.id_column.clone().unwrap_or_else(|| "id".into()),
+        verdict_column: input
+            .verdict_column
+            .clone()
+            .unwrap_or_else(|| "verdict".into()),
+        verdicts: input
+            .alert_verdicts
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VERDICTS.map(String::from).to_vec()),
+        backfill: input.backfill.unwrap_or(false),
+    };
+    let watched = tables::watch(&state.pool, &request)
+        .await
+        .map_err(|e| match e {
+            WatchError::UnknownTable(_) => ApiError::unprocessable("table_name", e.to_string()),
+            WatchError::BadColumn(ref m) if m.contains(&format!("\"{}\"", request.id_column)) => {
+                ApiError::unprocessable("id_column", e.to_string())
+            }
+            WatchError::BadColumn(_) => ApiError::unprocessable("verdict_column", e.to_string()),
+            WatchError::NoVerdicts => ApiError::invalid("alert_verdicts", e.to_string()),
+            WatchError::Other(e) => e.into(),
+        })?;
+    state.worker.reload().await?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_one(
+            &format!("SELECT {COLUMNS} FROM watched_tables WHERE table_name = $1"),
+            &[&watched.table],
+        )
+        .await?;
+    Ok(WatchResult {
+        table: to_table(&row),
+        existing_flagged: watched.existing_flagged,
+    })
+}
+
+#[OpenApi(tag = "ApiTags::Tables")]
+impl TablesApi {
+    /// List watched tables
+    #[oai(
+        path = "/api/config/tables",
+        method = "get",
+        operation_id = "table_list"
+    )]
+    async fn list(&self, state: Data<&AppState>) -> ApiResult<Json<Vec<WatchedTable>>> {
+        let client = state.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {COLUMNS} FROM watched_tables ORDER BY id"),
+                &[],
+            )
+            .await?;
+        Ok(Json(rows.iter().map(to_table).collect()))
+    }
+
+    /// Watch a table: checks it and its columns, installs the triggers, and
+    /// records the flagged rows already present as baseline (or backfills them)
+    #[oai(
+        path = "/api/config/tables",
+        method = "post",
+        operation_id = "table_watch"
+    )]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        body: Json<WatchInput>,
+    ) -> ApiResult<Json<WatchResult>> {
+        let client = state.pool.get().await?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM watched_tables WHERE table_name = $1",
+                &[&body.table_name],
+            )
+            .await?
+            .is_some();
+        if exists {
+            return Err(ApiError::conflict(
+                Some("table_name"),
+                format!(
+                    "table '{}' is already watched; use PUT to change it",
+                    body.table_name
+                ),
+            ));
+        }
+        drop(client);
+        watch(&state, &body.table_name.clone(), &body)
+            .await
+            .map(Json)
+    }
+
+    /// Change how a watched table is watched (re-installs its triggers)
+    #[oai(
+        path = "/api/config/tables/:table_name",
+        method = "put",
+        operation_id = "table_update"
+    )]
+    async fn update(
+        &self,
+        state: Data<&AppState>,
+        table_name: Path<String>,
+        body: Json<WatchInput>,
+    ) -> ApiResult<Json<WatchResult>> {
+        if body.table_name != table_name.0 {
+            return Err(ApiError::invalid(
+                "table_name",
+                "table_name in the body must match the path",
+            ));
+        }
+        let client = state.pool.get().await?;
+        client
+            .query_opt(
+                "SELECT 1 FROM watched_tables WHERE table_name = $1",
+                &[&table_name.0],
+            )
+            .await?
+            .ok_or_else(|| not_found(&table_name.0))?;
+        drop(client);
+        watch(&state, &table_name.0, &body).await.map(Json)
+    }
+
+    /// Stop watching a table: removes its triggers; its alert history stays
+    #[oai(
+        path = "/api/config/tables/:table_name",
+        method = "delete",
+        operation_id = "table_unwatch"
+    )]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        table_name: Path<String>,
+    ) -> ApiResult<Json<Deleted>> {
+        if !tables::unwatch(&state.pool, &table_name.0).await? {
+            return Err(not_found(&table_name.0));
+        }
+        state.worker.reload().await?;
+        Ok(Json(Deleted { deleted: 1 }))
+    }
+}

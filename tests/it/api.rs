@@ -1,0 +1,629 @@
+//! The HTTP API through the client generated from `openapi/openapi.json`, and
+//! bad requests through plain HTTP.
+
+use std::num::NonZeroU32;
+
+use crate::client::{types, Client};
+use crate::helpers::*;
+
+fn client(app: &audit_alert::app::App) -> Client {
+    Client::new(&format!("http://{}", app.addr()))
+}
+
+fn smtp_input(port: u16) -> types::SmtpConfigInput {
+    types::SmtpConfigInput {
+        smtp_server: "127.0.0.1".try_into().unwrap(),
+        smtp_port: NonZeroU32::new(port.into()).unwrap(),
+        security: Some(types::SmtpSecurity::None),
+        sender_email: "alerts@example.com".try_into().unwrap(),
+        sender_name: Some("审核告警".try_into().unwrap()),
+        username: None,
+        password: None,
+        timeout_seconds: None,
+        is_active: Some(true),
+    }
+}
+
+#[tokio::test]
+async fn smtp_configs_are_managed_and_tested_through_the_generated_client() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    let app = db.start().await;
+    let api = client(&app);
+
+    let first = api
+        .smtp_create(&smtp_input(smtp.port))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.is_active && !first.password_set);
+    let second = api
+        .smtp_create(&smtp_input(free_port()))
+        .await
+        .unwrap()
+        .into_inner();
+    let list = api.smtp_list().await.unwrap().into_inner();
+    assert_eq!(
+        list.iter().filter(|c| c.is_active).count(),
+        1,
+        "creating an active one deactivates the rest"
+    );
+    assert!(list.iter().any(|c| c.id == second.id && c.is_active));
+
+    api.smtp_activate(first.id).await.unwrap();
+    let list = api.smtp_list().await.unwrap().into_inner();
+    let active: Vec<_> = list.iter().filter(|c| c.is_active).map(|c| c.id).collect();
+    assert_eq!(active, [first.id]);
+
+    // The test mail goes through the real server; a dead port is reported in plain words.
+    let sent = api
+        .smtp_test(
+            first.id,
+            &types::SmtpTestRequest {
+                to: "ops@example.com".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sent.success, "{}", sent.detail);
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].envelope_to, ["ops@example.com"]);
+    let refused = api
+        .smtp_test(
+            second.id,
+            &types::SmtpTestRequest {
+                to: "ops@example.com".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!refused.success);
+    assert_eq!(refused.outcome, types::SmtpTestOutcome::ConnectionFailed);
+    assert!(
+        refused.detail.contains("cannot connect"),
+        "{}",
+        refused.detail
+    );
+
+    let mut changed = smtp_input(smtp.port);
+    changed.sender_name = Some("值班".try_into().unwrap());
+    let updated = api
+        .smtp_update(first.id, &changed)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.sender_name.as_deref(), Some("值班"));
+    api.smtp_delete(second.id).await.unwrap();
+    let missing = api.smtp_get(second.id).await.unwrap_err();
+    assert_eq!(missing.status().map(|s| s.as_u16()), Some(404));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn passwords_need_a_secret_key_and_never_come_back() {
+    let db = TestDb::new().await;
+    let app = db.start().await;
+    let mut input = smtp_input(2525);
+    input.password = Some("s3cret-Passw0rd".try_into().unwrap());
+    let err = client(&app).smtp_create(&input).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
+    let problem = error_body(err).await;
+    assert_eq!(problem["field"], "password");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("SECRET_KEY"),
+        "{problem}"
+    );
+    app.stop().await;
+
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let app = audit_alert::app::App::start(&db.config_with(&[("SECRET_KEY", key)]))
+        .await
+        .unwrap();
+    let api = client(&app);
+    let created = api.smtp_create(&input).await.unwrap().into_inner();
+    assert!(created.password_set);
+    let raw = reqwest::get(format!("http://{}/api/config/smtp", app.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!raw.contains("s3cret-Passw0rd"), "{raw}");
+    let stored: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT password_encrypted || coalesce(sender_password, '') FROM smtp_config",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        stored.starts_with("v1:") && !stored.contains("s3cret"),
+        "encrypted at rest"
+    );
+    app.stop().await;
+}
+
+/// The problem+json body of an error response (the generated client hands
+/// `application/problem+json` bodies over as bytes).
+async fn error_body(
+    err: progenitor_client::Error<progenitor_client::ByteStream>,
+) -> serde_json::Value {
+    use futures_util::StreamExt;
+    let progenitor_client::Error::ErrorResponse(response) = err else {
+        panic!("expected a problem response, got {err:?}");
+    };
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let mut stream = response.into_inner().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A raw request: method, path, body; returns status, content type and JSON body.
+async fn raw(
+    app: &audit_alert::app::App,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{}{path}", app.addr());
+    let mut req = http.request(method.parse().unwrap(), url);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        ct,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn bad_requests_are_problems_that_name_the_field() {
+    let db = TestDb::new().await;
+    let app = db.start().await;
+    let smtp = |port: &str, email: &str| {
+        format!(r#"{{"smtp_server":"127.0.0.1","smtp_port":{port},"sender_email":"{email}"}}"#)
+    };
+    // method, path, body, status, the field the problem must name
+    type Case<'a> = (&'a str, String, Option<String>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/config/smtp".into(),
+            Some(smtp("0", "a@b.c")),
+            400,
+            Some("smtp_port"),
+        ),
+        (
+            "POST",
+            "/api/config/smtp".into(),
+            Some(smtp("70000", "a@b.c")),
+            400,
+            Some("smtp_port"),
+        ),
+        (
+            "POST",
+            "/api/config/smtp".into(),
+            Some(smtp("25", "not-an-address")),
+            400,
+            Some("sender_email"),
+        ),
+        (
+            "POST",
+            "/api/config/smtp".into(),
+            Some("{not json".into()),
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/api/config/smtp".into(),
+            Some(r#"{"smtp_server":"x"}"#.into()),
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/api/config/recipients".into(),
+            Some(r#"{"table_name":"audit_results","email":"nope"}"#.into()),
+            400,
+            Some("email"),
+        ),
+        (
+            "POST",
+            "/api/config/recipients".into(),
+            Some(r#"{"table_name":"no_such_table","email":"a@b.c"}"#.into()),
+            422,
+            Some("table_name"),
+        ),
+        (
+            "PUT",
+            "/api/monitor/interval/0".into(),
+            None,
+            400,
+            Some("minutes"),
+        ),
+        (
+            "PUT",
+            "/api/monitor/interval/61".into(),
+            None,
+            400,
+            Some("minutes"),
+        ),
+        (
+            "PUT",
+            "/api/monitor/interval/abc".into(),
+            None,
+            400,
+            Some("minutes"),
+        ),
+        (
+            "GET",
+            "/api/monitor/logs?lines=0".into(),
+            None,
+            400,
+            Some("lines"),
+        ),
+        (
+            "PUT",
+            "/api/config/system/check_interval".into(),
+            Some(r#"{"value":"61"}"#.into()),
+            400,
+            Some("value"),
+        ),
+        (
+            "PUT",
+            "/api/config/system/no_such_key".into(),
+            Some(r#"{"value":"1"}"#.into()),
+            404,
+            None,
+        ),
+        (
+            "POST",
+            "/api/config/tables".into(),
+            Some(r#"{"table_name":"no_such_table"}"#.into()),
+            422,
+            Some("table_name"),
+        ),
+        (
+            "GET",
+            "/api/alerts?page_size=501".into(),
+            None,
+            400,
+            Some("page_size"),
+        ),
+        ("GET", "/api/alerts/12345".into(), None, 404, None),
+        ("GET", "/no/such/route".into(), None, 404, None),
+        ("DELETE", "/api/monitor/status".into(), None, 405, None),
+        (
+            "POST",
+            "/api/config/smtp".into(),
+            Some(format!(
+                r#"{{"smtp_server":"{}"}}"#,
+                "x".repeat(2 * 1024 * 1024)
+            )),
+            413,
+            None,
+        ),
+    ];
+    for (method, path, body, status, field) in cases {
+        let (got, ct, problem) = raw(&app, method, &path, body.as_deref()).await;
+        let what = format!("{method} {path}");
+        assert_eq!(got, status, "{what}: {problem}");
+        assert_eq!(ct, "application/problem+json", "{what}");
+        assert_eq!(problem["status"], status, "{what}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {problem}"
+        );
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{what}: {problem}");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
+    let db = TestDb::new().await;
+    let app = db.start().await;
+    let api = client(&app);
+    let input = |table: &str, email: &str| types::RecipientInput {
+        table_name: table.try_into().unwrap(),
+        email: email.try_into().unwrap(),
+        name: Some("张三".try_into().unwrap()),
+        is_active: None,
+    };
+
+    let one = api
+        .recipient_create(&input("audit_results", "a@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(one.is_active);
+    let dup = api
+        .recipient_create(&input("audit_results", "A@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.status().map(|s| s.as_u16()), Some(409));
+
+    // One bad entry: nothing of the batch is created.
+    let batch = types::RecipientBatch {
+        recipients: vec![
+            input("image_audit_results", "b@example.com"),
+            input("audit_results", "broken"),
+        ],
+    };
+    let err = error_body(api.recipient_batch_create(&batch).await.unwrap_err()).await;
+    assert_eq!(err["field"], "recipients[1].email");
+    assert_eq!(
+        api.recipient_list(None, None)
+            .await
+            .unwrap()
+            .into_inner()
+            .len(),
+        1
+    );
+
+    let batch = types::RecipientBatch {
+        recipients: vec![
+            input("image_audit_results", "b@example.com"),
+            input("audit_results", "c@example.com"),
+        ],
+    };
+    let created = api
+        .recipient_batch_create(&batch)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.len(), 2);
+    let audit = api
+        .recipient_list(None, Some("audit_results"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audit.len(), 2);
+
+    let mut off = input("audit_results", "c@example.com");
+    off.is_active = Some(false);
+    api.recipient_update(created[1].id, &off).await.unwrap();
+    let active = api
+        .recipient_list(Some(true), Some("audit_results"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        active.iter().map(|r| r.email.as_str()).collect::<Vec<_>>(),
+        ["a@example.com"]
+    );
+
+    let missing = types::RecipientIds {
+        ids: vec![one.id, 999_999],
+    };
+    assert_eq!(
+        api.recipient_batch_delete(&missing)
+            .await
+            .unwrap_err()
+            .status()
+            .map(|s| s.as_u16()),
+        Some(404)
+    );
+    assert_eq!(
+        api.recipient_list(None, None)
+            .await
+            .unwrap()
+            .into_inner()
+            .len(),
+        3,
+        "nothing deleted"
+    );
+    let ids = types::RecipientIds {
+        ids: vec![one.id, created[0].id],
+    };
+    assert_eq!(
+        api.recipient_batch_delete(&ids)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted,
+        2
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn monitor_stop_holds_mail_and_start_releases_it() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let api = client(&app);
+    let rows = db.client().await;
+
+    let stopped = api.monitor_stop().await.unwrap().into_inner();
+    assert!(!stopped.config.monitor_enabled);
+    assert_eq!(stopped.process.status, "stopped");
+    let id = insert_audit_rows(&rows, 1, "不合格").await[0];
+    assert_eq!(
+        app.worker().deliver_once().await.unwrap(),
+        0,
+        "stopped: nothing is sent"
+    );
+    let status = api.monitor_status().await.unwrap().into_inner();
+    assert_eq!(status.queue.pending, 1);
+    assert_eq!(status.recipients_count.get("audit_results"), Some(&1));
+    assert!(status.smtp_configured && status.listener.connected);
+
+    let started = api.monitor_start().await.unwrap().into_inner();
+    assert_eq!(started.overall_status, "healthy");
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+
+    let status = api
+        .monitor_interval(NonZeroU32::new(7).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.config.check_interval, 7);
+    let next = status.sweep.next_sweep.expect("a sweep is scheduled");
+    let wait = next - chrono::Utc::now();
+    assert!(
+        wait <= chrono::Duration::minutes(7) && wait > chrono::Duration::minutes(6),
+        "re-armed at once: {wait}"
+    );
+    api.monitor_health().await.unwrap();
+    api.monitor_logs(Some(NonZeroU32::new(10).unwrap()))
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn alert_history_filters_pages_and_resends() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "gone@example.com")]).await;
+    let app = db.start().await;
+    let api = client(&app);
+    let rows = db.client().await;
+
+    insert_audit_rows(&rows, 3, "不确定").await;
+    wait_for_count_query(
+        &rows,
+        "SELECT count(*) FROM email_sent_log WHERE status = 'failed'",
+        3,
+    )
+    .await;
+    let page = api
+        .alert_list(
+            None,
+            None,
+            Some(NonZeroU32::new(2).unwrap()),
+            Some(types::AlertStatus::Failed),
+            Some("audit_results"),
+            None,
+            Some("不确定"),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((page.total, page.items.len()), (3, 2));
+    let failed = &page.items[0];
+    assert!(failed.failed_recipients.get("gone@example.com").is_some());
+    assert!(failed.last_error.as_deref().unwrap().contains("550"));
+
+    // Fix the recipient, re-send one: it arrives.
+    rows.execute(
+        "UPDATE recipients_config SET email = 'back@example.com'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let resent = api.alert_resend(failed.id).await.unwrap().into_inner();
+    assert_eq!(resent.status, types::AlertStatus::Pending);
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(
+        mails[0].record_ids(),
+        std::slice::from_ref(&failed.record_id)
+    );
+    wait_for_count_query(
+        &rows,
+        &format!(
+            "SELECT count(*) FROM email_sent_log WHERE id = {} AND status = 'sent'",
+            failed.id
+        ),
+        1,
+    )
+    .await;
+    let again = api.alert_resend(failed.id).await.unwrap_err();
+    assert_eq!(again.status().map(|s| s.as_u16()), Some(409));
+    let one = api.alert_get(failed.id).await.unwrap().into_inner();
+    assert_eq!(one.delivered_to, ["back@example.com"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tables_are_watched_and_unwatched_through_the_api() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    let rows = db.client().await;
+    rows.batch_execute(
+        "CREATE TABLE posts (id bigserial PRIMARY KEY, decision text, title text);
+         INSERT INTO posts (decision, title) VALUES ('不合格', 'old one'), ('合格', 'fine');",
+    )
+    .await
+    .unwrap();
+    configure(&db, smtp.port, &[]).await;
+    let app = db.start().await;
+    let api = client(&app);
+
+    let watched = api
+        .table_watch(&types::WatchInput {
+            table_name: "posts".try_into().unwrap(),
+            id_column: None,
+            verdict_column: Some("decision".try_into().unwrap()),
+            alert_verdicts: vec![],
+            backfill: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watched.existing_flagged, 1);
+    assert_eq!(watched.table.id_type, "bigint");
+    api.recipient_create(&types::RecipientInput {
+        table_name: "posts".try_into().unwrap(),
+        email: "posts@example.com".try_into().unwrap(),
+        name: None,
+        is_active: None,
+    })
+    .await
+    .unwrap();
+    let id: i64 = rows
+        .query_one(
+            "INSERT INTO posts (decision, title) VALUES ('不合格', 'new one') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+    assert!(mails[0].text.contains("title: new one"));
+
+    assert_eq!(api.table_list().await.unwrap().into_inner().len(), 3);
+    api.table_unwatch("posts").await.unwrap();
+    assert_eq!(
+        api.table_unwatch("posts")
+            .await
+            .unwrap_err()
+            .status()
+            .map(|s| s.as_u16()),
+        Some(404)
+    );
+    app.stop().await;
+}
