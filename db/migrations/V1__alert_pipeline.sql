@@ -172,6 +172,16 @@ CREATE TABLE watched_tables (
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
+-- Templates replacing the built-in ones for one table (handlebars).
+CREATE TABLE alert_templates (
+    table_name text PRIMARY KEY REFERENCES watched_tables (table_name)
+        ON DELETE CASCADE ON UPDATE CASCADE,
+    subject    text NOT NULL,
+    html       text NOT NULL,
+    text       text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Installs (or re-installs) the alert triggers on a table. Every name is
 -- quoted with format('%I'); nothing is spliced. Returns the id type.
 CREATE FUNCTION audit_alert_install_trigger(
@@ -258,6 +268,8 @@ CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TR
     ON recipients_config FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
 CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON watched_tables FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
+CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON alert_templates FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
 
 -- Watch the two built-in tables. Flagged rows already present become baseline
 -- (not mailed), except, on a database the old system ran, rows newer than its

@@ -5,12 +5,11 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::types::{ParseFromJSON, ToJSON};
 use poem_openapi::{Enum, Object, OpenApi};
 use tokio_postgres::Row;
 
 use super::error::{ApiError, ApiResult};
-use super::{ApiTags, AppState};
+use super::{default_page, default_page_size, ApiTags, AppState, Page};
 
 pub struct AlertsApi;
 
@@ -78,17 +77,6 @@ pub struct Alert {
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
-}
-
-/// A page of results; every list shares this shape.
-#[derive(Object)]
-pub struct Page<T: ParseFromJSON + ToJSON> {
-    pub items: Vec<T>,
-    /// Matches across all pages.
-    pub total: i64,
-    /// 1-based.
-    pub page: u32,
-    pub page_size: u32,
 }
 
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
@@ -159,8 +147,7 @@ impl AlertsApi {
             )
             .await?
             .get(0);
-        let offset = i64::from(page.0 - 1) * i64::from(page_size.0);
-        let limit = i64::from(page_size.0);
+        let (limit, offset) = Page::<Alert>::window(page.0, page_size.0);
         let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
         all.push(&limit);
         all.push(&offset);
@@ -173,12 +160,12 @@ impl AlertsApi {
                 &all,
             )
             .await?;
-        Ok(Json(Page {
-            items: rows.iter().map(to_alert).collect(),
+        Ok(Json(Page::new(
+            rows.iter().map(to_alert).collect(),
             total,
-            page: page.0,
-            page_size: page_size.0,
-        }))
+            page.0,
+            page_size.0,
+        )))
     }
 
     /// One alert with its recipients, attempts and last error
@@ -202,6 +189,9 @@ impl AlertsApi {
         operation_id = "alert_resend"
     )]
     async fn resend(&self, state: Data<&AppState>, id: Path<i64>) -> ApiResult<Json<Alert>> {
+        // Re-sends usually follow a configuration fix: load it before the
+        // alert can be claimed, so the send uses it.
+        state.worker.reload().await?;
         let client = state.pool.get().await?;
         let row = client
             .query_opt(
@@ -218,8 +208,6 @@ impl AlertsApi {
             .await?;
         match row {
             Some(r) => {
-                // Re-sends usually follow a configuration fix: send with it.
-                state.worker.reload().await?;
                 state.worker.wake();
                 Ok(Json(to_alert(&r)))
             }
@@ -241,12 +229,4 @@ impl AlertsApi {
             }
         }
     }
-}
-
-fn default_page() -> u32 {
-    1
-}
-
-fn default_page_size() -> u32 {
-    50
 }

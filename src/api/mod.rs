@@ -9,11 +9,13 @@ mod recipients;
 mod smtp;
 mod system;
 mod tables;
+mod templates;
 
 use deadpool_postgres::Pool;
 use lettre::Address;
 use poem::middleware::Tracing;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::types::{ParseFromJSON, ToJSON};
 use poem_openapi::{Object, OpenApiService, Tags};
 
 pub use error::{ApiError, ApiResult, Problem};
@@ -50,6 +52,42 @@ pub(crate) enum ApiTags {
     Alerts,
 }
 
+/// A page of results; every list shares this shape.
+#[derive(Object)]
+pub struct Page<T: ParseFromJSON + ToJSON> {
+    pub items: Vec<T>,
+    /// Matches across all pages.
+    pub total: i64,
+    /// 1-based.
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl<T: ParseFromJSON + ToJSON> Page<T> {
+    pub fn new(items: Vec<T>, total: i64, page: u32, page_size: u32) -> Self {
+        Self {
+            items,
+            total,
+            page,
+            page_size,
+        }
+    }
+
+    /// SQL `LIMIT` and `OFFSET` for a page.
+    pub fn window(page: u32, page_size: u32) -> (i64, i64) {
+        let limit = i64::from(page_size);
+        (limit, i64::from(page.max(1) - 1) * limit)
+    }
+}
+
+pub(crate) fn default_page() -> u32 {
+    1
+}
+
+pub(crate) fn default_page_size() -> u32 {
+    50
+}
+
 /// How many rows a delete removed.
 #[derive(Object)]
 pub struct Deleted {
@@ -72,6 +110,7 @@ type Apis = (
     recipients::RecipientsApi,
     system::SystemApi,
     tables::TablesApi,
+    templates::TemplatesApi,
     monitor::MonitorApi,
     alerts::AlertsApi,
 );
@@ -84,6 +123,7 @@ fn service() -> OpenApiService<Apis, ()> {
             recipients::RecipientsApi,
             system::SystemApi,
             tables::TablesApi,
+            templates::TemplatesApi,
             monitor::MonitorApi,
             alerts::AlertsApi,
         ),

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::error::{ApiError, ApiResult};
-use super::{parse_email, ApiTags, AppState, Deleted};
+use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
 
 pub struct RecipientsApi;
 
@@ -130,6 +130,22 @@ async fn insert(
         .map_err(|e| duplicate(&e, at).unwrap_or_else(|| e.into()))
 }
 
+/// The total when the requested page is past the end.
+async fn count_all(
+    client: &deadpool_postgres::Client,
+    table_name: &Option<String>,
+    is_active: &Option<bool>,
+) -> ApiResult<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM recipients_config
+              WHERE ($1::text IS NULL OR table_name = $1) AND ($2::bool IS NULL OR is_active = $2)",
+            &[table_name, is_active],
+        )
+        .await?
+        .get(0))
+}
+
 fn not_found(id: i32) -> ApiError {
     ApiError::not_found(format!("recipient {id} does not exist"))
 }
@@ -164,19 +180,38 @@ impl RecipientsApi {
         table_name: Query<Option<String>>,
         /// Only active (true) or inactive (false) recipients.
         is_active: Query<Option<bool>>,
-    ) -> ApiResult<Json<Vec<Recipient>>> {
+        /// Page number, from 1.
+        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        page: Query<u32>,
+        /// Items per page (1-500).
+        #[oai(
+            default = "default_page_size",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        page_size: Query<u32>,
+    ) -> ApiResult<Json<Page<Recipient>>> {
+        let (limit, offset) = Page::<Recipient>::window(page.0, page_size.0);
         let client = state.pool.get().await?;
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM recipients_config
+                "SELECT {COLUMNS}, count(*) OVER () FROM recipients_config
                   WHERE ($1::text IS NULL OR table_name = $1) AND ($2::bool IS NULL OR is_active = $2)
-                  ORDER BY id"
+                  ORDER BY id LIMIT $3 OFFSET $4"
             ))
             .await?;
         let rows = client
-            .query(&statement, &[&table_name.0, &is_active.0])
+            .query(&statement, &[&table_name.0, &is_active.0, &limit, &offset])
             .await?;
-        Ok(Json(rows.iter().map(to_recipient).collect()))
+        let total = match rows.first() {
+            Some(r) => r.get(7),
+            None => count_all(&client, &table_name.0, &is_active.0).await?,
+        };
+        Ok(Json(Page::new(
+            rows.iter().map(to_recipient).collect(),
+            total,
+            page.0,
+            page_size.0,
+        )))
     }
 
     /// Get one recipient

@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 use lettre::message::Mailbox;
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use tokio_postgres::Row;
 
 use super::error::{ApiError, ApiResult};
-use super::{parse_email, ApiTags, AppState, Deleted};
+use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
 use crate::crypto::KEY_HINT;
 use crate::mail::transport::{FailureKind, Security};
 use crate::mail::{Mailer, SmtpSettings};
@@ -237,15 +237,37 @@ impl SmtpApi {
 
     /// List SMTP configurations
     #[oai(path = "/api/config/smtp", method = "get", operation_id = "smtp_list")]
-    async fn list(&self, state: Data<&AppState>) -> ApiResult<Json<Vec<SmtpConfig>>> {
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// Page number, from 1.
+        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        page: Query<u32>,
+        /// Items per page (1-500).
+        #[oai(
+            default = "default_page_size",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        page_size: Query<u32>,
+    ) -> ApiResult<Json<Page<SmtpConfig>>> {
+        let (limit, offset) = Page::<SmtpConfig>::window(page.0, page_size.0);
         let client = state.pool.get().await?;
+        let total: i64 = client
+            .query_one("SELECT count(*) FROM smtp_config", &[])
+            .await?
+            .get(0);
         let rows = client
             .query(
-                &format!("SELECT {COLUMNS} FROM smtp_config ORDER BY id"),
-                &[],
+                &format!("SELECT {COLUMNS} FROM smtp_config ORDER BY id LIMIT $1 OFFSET $2"),
+                &[&limit, &offset],
             )
             .await?;
-        Ok(Json(rows.iter().map(to_config).collect()))
+        Ok(Json(Page::new(
+            rows.iter().map(to_config).collect(),
+            total,
+            page.0,
+            page_size.0,
+        )))
     }
 
     /// Get one SMTP configuration

@@ -4,13 +4,13 @@
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use tokio_postgres::Row;
 
 use super::error::{ApiError, ApiResult};
-use super::{ApiTags, AppState, Deleted};
+use super::{default_page, default_page_size, ApiTags, AppState, Deleted, Page};
 use crate::monitor::tables::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
 
 pub struct TablesApi;
@@ -126,15 +126,37 @@ impl TablesApi {
         method = "get",
         operation_id = "table_list"
     )]
-    async fn list(&self, state: Data<&AppState>) -> ApiResult<Json<Vec<WatchedTable>>> {
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// Page number, from 1.
+        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        page: Query<u32>,
+        /// Items per page (1-500).
+        #[oai(
+            default = "default_page_size",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        page_size: Query<u32>,
+    ) -> ApiResult<Json<Page<WatchedTable>>> {
+        let (limit, offset) = Page::<WatchedTable>::window(page.0, page_size.0);
         let client = state.pool.get().await?;
+        let total: i64 = client
+            .query_one("SELECT count(*) FROM watched_tables", &[])
+            .await?
+            .get(0);
         let rows = client
             .query(
-                &format!("SELECT {COLUMNS} FROM watched_tables ORDER BY id"),
-                &[],
+                &format!("SELECT {COLUMNS} FROM watched_tables ORDER BY id LIMIT $1 OFFSET $2"),
+                &[&limit, &offset],
             )
             .await?;
-        Ok(Json(rows.iter().map(to_table).collect()))
+        Ok(Json(Page::new(
+            rows.iter().map(to_table).collect(),
+            total,
+            page.0,
+            page_size.0,
+        )))
     }
 
     /// Watch a table: checks it and its columns, installs the triggers, and

@@ -4,5 +4,5 @@
 pub mod render;
 pub mod transport;
 
-pub use render::{AlertRecord, Renderer};
+pub use render::{AlertRecord, Renderer, TemplateSources};
 pub use transport::{DeliveryError, Mailer, SmtpSettings};

@@ -38,7 +38,7 @@ pub struct RenderedMail {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("template {name} does not compile: {reason}")]
+    #[error("{name}: the template does not compile: {reason}")]
     Compile { name: &'static str, reason: String },
     #[error("template does not render: {0}")]
     Render(#[from] handlebars::RenderError),
@@ -46,8 +46,25 @@ pub enum RenderError {
 
 /// Compiled templates: HTML escapes values, subject and text do not.
 pub struct Renderer {
+    sources: TemplateSources,
     html: Handlebars<'static>,
     plain: Handlebars<'static>,
+}
+
+/// The source of a template set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSources {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("sources", &self.sources)
+            .finish()
+    }
 }
 
 #[derive(Serialize)]
@@ -104,9 +121,18 @@ impl Renderer {
         compile(SUBJECT, false, subject, &mut plain)?;
         compile(TEXT, false, text, &mut plain)?;
         Ok(Self {
+            sources: TemplateSources {
+                subject: subject.to_owned(),
+                html: html.to_owned(),
+                text: text.to_owned(),
+            },
             html: html_registry,
             plain,
         })
+    }
+
+    pub fn sources(&self) -> &TemplateSources {
+        &self.sources
     }
 
     /// Renders one e-mail for the records of one table.

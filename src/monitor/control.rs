@@ -3,6 +3,7 @@
 //! reloaded whenever a control notification says something changed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,7 +13,7 @@ use super::retry::RetryPolicy;
 use crate::config::Secret;
 use crate::crypto::SecretBox;
 use crate::mail::transport::Security;
-use crate::mail::SmtpSettings;
+use crate::mail::{Renderer, SmtpSettings};
 
 /// Switches and tunables from `system_config`.
 #[derive(Clone, Debug, PartialEq)]
@@ -247,6 +248,8 @@ pub struct Snapshot {
     pub smtp: Option<SmtpSettings>,
     pub tables: Vec<WatchedTable>,
     pub recipients: HashMap<String, Vec<Recipient>>,
+    /// Compiled templates of tables that replaced the built-in ones.
+    pub templates: HashMap<String, Arc<Renderer>>,
 }
 
 impl Snapshot {
@@ -338,6 +341,25 @@ impl Snapshot {
                 name: r.get(2),
             });
         }
+        let mut templates = HashMap::new();
+        for r in tx
+            .query(
+                "SELECT table_name, subject, html, text FROM alert_templates",
+                &[],
+            )
+            .await
+            .context("Failed to read alert_templates")?
+        {
+            let table: String = r.get(0);
+            match Renderer::new(r.get(1), r.get(2), r.get(3)) {
+                Ok(renderer) => {
+                    templates.insert(table, Arc::new(renderer));
+                }
+                Err(e) => {
+                    tracing::error!(%table, error = %e, "stored template unusable; using the built-in one")
+                }
+            }
+        }
         tx.commit()
             .await
             .context("Failed to finish the configuration read")?;
@@ -346,6 +368,7 @@ impl Snapshot {
             smtp,
             tables,
             recipients,
+            templates,
         })
     }
 }

@@ -154,6 +154,7 @@ impl Worker {
                     }
                 }
             };
+            tracing::debug!(generation = number, "configuration loaded");
             std::mem::replace(&mut *current, (number, snapshot.clone())).1
         };
         if previous.switches.check_interval != snapshot.switches.check_interval {
@@ -214,6 +215,9 @@ impl Worker {
             return Ok(0);
         }
         let claimed_at = started.elapsed();
+        // Recipients and templates as of now, not as of before the claim: a
+        // configuration fix followed by a re-send must be seen by that send.
+        let snapshot = self.snapshot();
         let mut rows = HashMap::new();
         for table in &tables {
             let ids: Vec<&str> = claimed
@@ -230,7 +234,11 @@ impl Worker {
         let digests = dispatcher::group(&claimed, switches.digest_max_records);
         let outcomes = join_all(digests.iter().map(|d| {
             let rows = rows.get(d.table).unwrap_or(&empty);
-            dispatcher::send_digest(d, rows, &snapshot, &mailer, &self.0.renderer)
+            let renderer = snapshot
+                .templates
+                .get(d.table)
+                .map_or(&self.0.renderer, |r| &**r);
+            dispatcher::send_digest(d, rows, &snapshot, &mailer, renderer)
         }))
         .await;
         let sent_at = started.elapsed();

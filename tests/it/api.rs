@@ -42,7 +42,7 @@ async fn smtp_configs_are_managed_and_tested_through_the_generated_client() {
         .await
         .unwrap()
         .into_inner();
-    let list = api.smtp_list().await.unwrap().into_inner();
+    let list = api.smtp_list(None, None).await.unwrap().into_inner().items;
     assert_eq!(
         list.iter().filter(|c| c.is_active).count(),
         1,
@@ -51,7 +51,7 @@ async fn smtp_configs_are_managed_and_tested_through_the_generated_client() {
     assert!(list.iter().any(|c| c.id == second.id && c.is_active));
 
     api.smtp_activate(first.id).await.unwrap();
-    let list = api.smtp_list().await.unwrap().into_inner();
+    let list = api.smtp_list(None, None).await.unwrap().into_inner().items;
     let active: Vec<_> = list.iter().filter(|c| c.is_active).map(|c| c.id).collect();
     assert_eq!(active, [first.id]);
 
@@ -379,11 +379,11 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
     let err = error_body(api.recipient_batch_create(&batch).await.unwrap_err()).await;
     assert_eq!(err["field"], "recipients[1].email");
     assert_eq!(
-        api.recipient_list(None, None)
+        api.recipient_list(None, None, None, None)
             .await
             .unwrap()
             .into_inner()
-            .len(),
+            .total,
         1
     );
 
@@ -400,20 +400,22 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
         .into_inner();
     assert_eq!(created.len(), 2);
     let audit = api
-        .recipient_list(None, Some("audit_results"))
+        .recipient_list(None, None, None, Some("audit_results"))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .items;
     assert_eq!(audit.len(), 2);
 
     let mut off = input("audit_results", "c@example.com");
     off.is_active = Some(false);
     api.recipient_update(created[1].id, &off).await.unwrap();
     let active = api
-        .recipient_list(Some(true), Some("audit_results"))
+        .recipient_list(Some(true), None, None, Some("audit_results"))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .items;
     assert_eq!(
         active.iter().map(|r| r.email.as_str()).collect::<Vec<_>>(),
         ["a@example.com"]
@@ -431,11 +433,11 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
         Some(404)
     );
     assert_eq!(
-        api.recipient_list(None, None)
+        api.recipient_list(None, None, None, None)
             .await
             .unwrap()
             .into_inner()
-            .len(),
+            .total,
         3,
         "nothing deleted"
     );
@@ -615,7 +617,10 @@ async fn tables_are_watched_and_unwatched_through_the_api() {
     assert_eq!(mails[0].record_ids(), [id.to_string()]);
     assert!(mails[0].text.contains("title: new one"));
 
-    assert_eq!(api.table_list().await.unwrap().into_inner().len(), 3);
+    assert_eq!(
+        api.table_list(None, None).await.unwrap().into_inner().total,
+        3
+    );
     api.table_unwatch("posts").await.unwrap();
     assert_eq!(
         api.table_unwatch("posts")
@@ -624,6 +629,95 @@ async fn tables_are_watched_and_unwatched_through_the_api() {
             .status()
             .map(|s| s.as_u16()),
         Some(404)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn templates_are_replaced_previewed_and_used() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    let api = client(&app);
+    let rows = db.client().await;
+
+    let built_in = api
+        .template_get("audit_results")
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(built_in.is_default);
+    let broken = types::TemplateInput {
+        subject: "ok".try_into().unwrap(),
+        html: "{{#if}}".try_into().unwrap(),
+        text: "ok".try_into().unwrap(),
+    };
+    let err = error_body(
+        api.template_replace("audit_results", &broken)
+            .await
+            .unwrap_err(),
+    )
+    .await;
+    assert_eq!(err["field"], "html");
+
+    let custom = types::TemplateInput {
+        subject: "告警 {{table}} ×{{count}}".try_into().unwrap(),
+        html: "<ul>{{#each records}}<li>{{id}} {{url}}</li>{{/each}}</ul>"
+            .try_into()
+            .unwrap(),
+        text: "{{#each records}}[{{verdict}}] 记录 {{id}} {{url}}\n{{/each}}"
+            .try_into()
+            .unwrap(),
+    };
+    let stored = api
+        .template_replace("audit_results", &custom)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stored.is_default);
+
+    let id = insert_audit_rows(&rows, 1, "不合格").await[0];
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].subject, "告警 audit_results ×1");
+    assert_eq!(
+        mails[0].record_ids(),
+        [format!("{id} https://example.com/post/1")]
+    );
+
+    let preview = api
+        .template_preview(
+            "audit_results",
+            &types::PreviewRequest {
+                record_id: Some(id.to_string()),
+                template: None,
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.subject, "告警 audit_results ×1");
+    assert!(preview.html.contains("https://example.com/post/1"));
+    let bad = api
+        .template_preview(
+            "audit_results",
+            &types::PreviewRequest {
+                record_id: Some("x".into()),
+                template: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error_body(bad).await["field"], "record_id");
+
+    api.template_reset("audit_results").await.unwrap();
+    assert!(
+        api.template_get("audit_results")
+            .await
+            .unwrap()
+            .into_inner()
+            .is_default
     );
     app.stop().await;
 }

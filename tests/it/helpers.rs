@@ -394,6 +394,22 @@ pub async fn wait_for_count_query(client: &tokio_postgres::Client, sql: &str, ex
     }
 }
 
+/// Waits until the listener of `app` is connected and its catch-up sweep done.
+pub async fn wait_until_listening(app: &App) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = app.worker().status();
+        if status.listener_connected() && status.times().last_sweep.is_some() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Every record id across `mails`, with how often it was mailed.
 pub fn id_counts(mails: &[Received]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();

@@ -206,7 +206,7 @@ async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
     configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
     let app = db.start().await;
     // Let the start-up sweep pass, so the rows below are found by a later one.
-    app.worker().sweep_once().await.unwrap();
+    wait_until_listening(&app).await;
 
     let client = db.client().await;
     client

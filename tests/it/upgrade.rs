@@ -197,6 +197,7 @@ async fn watching_with_backfill_mails_existing_rows_and_uuid_ids_work() {
     smtp.wait_for_records(3).await;
 
     // A uuid row written with triggers bypassed is found by the sweep.
+    wait_until_listening(&app).await;
     client
         .batch_execute("SET session_replication_role = replica")
         .await

@@ -1,0 +1,264 @@
+//! Per-table e-mail templates: read, replace (refused when it does not
+//! compile), reset to the built-in one, and preview for a record.
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::{ApiTags, AppState, Deleted};
+use crate::db::quote_ident;
+use crate::mail::render::RenderError;
+use crate::mail::{AlertRecord, Renderer};
+use crate::monitor::control::WatchedTable;
+use crate::monitor::queue;
+
+pub struct TemplatesApi;
+
+/// The templates a table's alerts are rendered with (handlebars). Each gets
+/// `table`, `count`, `digest`, `verdict_counts` and `records` (each with `id`,
+/// `verdict`, `color`, `time`, `url`, `ip_address`, `mac_address`, `reason`
+/// and `fields`: every column as `name`/`value`).
+#[derive(Object)]
+pub struct Template {
+    pub table_name: String,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    /// True while the built-in templates are in use.
+    pub is_default: bool,
+}
+
+/// Replacement templates.
+#[derive(Object)]
+pub struct TemplateInput {
+    #[oai(validator(min_length = 1, max_length = 1000))]
+    pub subject: String,
+    #[oai(validator(min_length = 1, max_length = 200000))]
+    pub html: String,
+    #[oai(validator(min_length = 1, max_length = 200000))]
+    pub text: String,
+}
+
+/// What to preview.
+#[derive(Object)]
+pub struct PreviewRequest {
+    /// Render this record (default: the table's newest row, or a sample).
+    pub record_id: Option<String>,
+    /// Render these templates instead of the stored ones.
+    pub template: Option<TemplateInput>,
+}
+
+/// A rendered e-mail.
+#[derive(Object)]
+pub struct Preview {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+fn compile(input: &TemplateInput) -> ApiResult<Renderer> {
+    Renderer::new(&input.subject, &input.html, &input.text).map_err(|e| match e {
+        RenderError::Compile { name, .. } => ApiError::invalid(name, e.to_string()),
+        RenderError::Render(_) => ApiError::invalid("template", e.to_string()),
+    })
+}
+
+fn watched(state: &AppState, table: &str) -> ApiResult<WatchedTable> {
+    state
+        .worker
+        .snapshot()
+        .table(table)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("table '{table}' is not watched")))
+}
+
+async fn current(state: &AppState, table: &str) -> ApiResult<Template> {
+    watched(state, table)?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT subject, html, text FROM alert_templates WHERE table_name = $1",
+            &[&table],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Template {
+            table_name: table.to_owned(),
+            subject: r.get(0),
+            html: r.get(1),
+            text: r.get(2),
+            is_default: false,
+        },
+        None => {
+            let built_in = Renderer::default_templates();
+            let s = built_in.sources();
+            Template {
+                table_name: table.to_owned(),
+                subject: s.subject.clone(),
+                html: s.html.clone(),
+                text: s.text.clone(),
+                is_default: true,
+            }
+        }
+    })
+}
+
+/// The record to preview: the one asked for, else the newest row, else a sample.
+async fn preview_record(
+    state: &AppState,
+    table: &WatchedTable,
+    id: Option<&str>,
+) -> ApiResult<AlertRecord> {
+    let row: Option<Map<String, Value>> = match id {
+        Some(id) => {
+            let rows = queue::fetch_rows(&state.pool, table, &[id])
+                .await
+                .map_err(|e| {
+                    let bad_id = e.chain().any(|c| {
+                        c.downcast_ref::<tokio_postgres::Error>()
+                            .and_then(|pg| pg.code())
+                            .is_some_and(|code| {
+                                *code
+                                    == tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION
+                            })
+                    });
+                    if bad_id {
+                        ApiError::invalid(
+                            "record_id",
+                            format!("record_id: '{id}' is not a {} id", table.id_type),
+                        )
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Some(rows.into_values().next().ok_or_else(|| {
+                ApiError::not_found(format!("record '{id}' does not exist in {}", table.name))
+            })?)
+        }
+        None => {
+            let client = state.pool.get().await?;
+            let sql = format!(
+                "SELECT row_to_json(t) FROM {} t ORDER BY t.{} DESC LIMIT 1",
+                table.relation,
+                quote_ident(&table.id_column)
+            );
+            client
+                .query_opt(&sql, &[])
+                .await?
+                .and_then(|r| r.get::<_, Value>(0).as_object().cloned())
+        }
+    };
+    let field = |name: &str| {
+        row.as_ref()
+            .and_then(|r| r.get(name))
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+    };
+    Ok(AlertRecord {
+        record_id: field(&table.id_column).unwrap_or_else(|| "1".into()),
+        verdict: field(&table.verdict_column).unwrap_or_else(|| "不合格".into()),
+        row,
+        alerted_at: chrono::Utc::now(),
+    })
+}
+
+#[OpenApi(tag = "ApiTags::Tables")]
+impl TemplatesApi {
+    /// The templates a table's alerts use
+    #[oai(
+        path = "/api/config/tables/:table_name/template",
+        method = "get",
+        operation_id = "template_get"
+    )]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        table_name: Path<String>,
+    ) -> ApiResult<Json<Template>> {
+        current(&state, &table_name.0).await.map(Json)
+    }
+
+    /// Replace a table's templates; refused (naming the template) when one does not compile
+    #[oai(
+        path = "/api/config/tables/:table_name/template",
+        method = "put",
+        operation_id = "template_replace"
+    )]
+    async fn replace(
+        &self,
+        state: Data<&AppState>,
+        table_name: Path<String>,
+        body: Json<TemplateInput>,
+    ) -> ApiResult<Json<Template>> {
+        watched(&state, &table_name.0)?;
+        compile(&body)?;
+        let client = state.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO alert_templates (table_name, subject, html, text) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (table_name) DO UPDATE
+                    SET subject = $2, html = $3, text = $4, updated_at = now()",
+                &[&table_name.0, &body.subject, &body.html, &body.text],
+            )
+            .await?;
+        state.worker.reload().await?;
+        current(&state, &table_name.0).await.map(Json)
+    }
+
+    /// Go back to the built-in templates
+    #[oai(
+        path = "/api/config/tables/:table_name/template",
+        method = "delete",
+        operation_id = "template_reset"
+    )]
+    async fn reset(
+        &self,
+        state: Data<&AppState>,
+        table_name: Path<String>,
+    ) -> ApiResult<Json<Deleted>> {
+        watched(&state, &table_name.0)?;
+        let client = state.pool.get().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM alert_templates WHERE table_name = $1",
+                &[&table_name.0],
+            )
+            .await?;
+        state.worker.reload().await?;
+        Ok(Json(Deleted { deleted }))
+    }
+
+    /// Render a table's templates (or the given ones) for a record
+    #[oai(
+        path = "/api/config/tables/:table_name/template/preview",
+        method = "post",
+        operation_id = "template_preview"
+    )]
+    async fn preview(
+        &self,
+        state: Data<&AppState>,
+        table_name: Path<String>,
+        body: Json<PreviewRequest>,
+    ) -> ApiResult<Json<Preview>> {
+        let table = watched(&state, &table_name.0)?;
+        let renderer = match &body.template {
+            Some(t) => compile(t)?,
+            None => {
+                let t = current(&state, &table.name).await?;
+                Renderer::new(&t.subject, &t.html, &t.text)
+                    .map_err(|e| ApiError::invalid("template", e.to_string()))?
+            }
+        };
+        let record = preview_record(&state, &table, body.record_id.as_deref()).await?;
+        let mail = renderer
+            .render(&table.name, &[record])
+            .map_err(|e| ApiError::invalid("template", e.to_string()))?;
+        Ok(Json(Preview {
+            subject: mail.subject,
+            html: mail.html,
+            text: mail.text,
+        }))
+    }
+}
