@@ -65,6 +65,7 @@ pub struct Alert {
     /// Delivery attempts so far.
     pub attempts: i32,
     /// The last error, when there was one.
+    #[oai(skip_serializing_if_is_none)]
     pub last_error: Option<String>,
     /// When a pending alert is due (or a sending one's lease ends).
     pub next_attempt_at: DateTime<Utc>,
@@ -73,8 +74,10 @@ pub struct Alert {
     /// Recipients that refused it for good, with the server's answer.
     pub failed_recipients: serde_json::Value,
     /// Message-ID of the e-mail that carried it.
+    #[oai(skip_serializing_if_is_none)]
     pub message_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[oai(skip_serializing_if_is_none)]
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
@@ -124,7 +127,10 @@ impl AlertsApi {
         /// Raised before this time (RFC 3339).
         to: Query<Option<DateTime<Utc>>>,
         /// Page number, from 1.
-        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
         page: Query<u32>,
         /// Items per page (1-500).
         #[oai(

@@ -43,9 +43,15 @@ pub enum ApiError {
     /// The request conflicts with what exists (a duplicate, a wrong state).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The HTTP method is not allowed on this path.
+    #[oai(status = 405, content_type = "application/problem+json")]
+    MethodNotAllowed(Json<Problem>),
     /// The body is too large.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The body is not `application/json`.
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Well-formed, but refers to something that cannot be used.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
@@ -109,6 +115,21 @@ impl ApiError {
 /// sees 503 when the database is out of reach, else a plain 500.
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        // Class 22, data exceptions: a value PostgreSQL cannot take (a NUL
+        // character, a number out of range); the caller's to fix.
+        let data_exception = e.chain().find_map(|c| {
+            c.downcast_ref::<tokio_postgres::Error>()
+                .and_then(|pg| pg.as_db_error())
+                .filter(|db| db.code().code().starts_with("22"))
+                .map(|db| db.message().to_owned())
+        });
+        if let Some(message) = data_exception {
+            return Self::BadRequest(problem(
+                StatusCode::BAD_REQUEST,
+                format!("a value cannot be stored: {message}"),
+                None,
+            ));
+        }
         let unreachable = e.chain().any(|c| {
             c.downcast_ref::<deadpool_postgres::PoolError>().is_some()
                 || c.downcast_ref::<tokio_postgres::Error>()

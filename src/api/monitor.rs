@@ -41,16 +41,20 @@ pub struct ProcessInfo {
 #[derive(Object)]
 pub struct ListenerInfo {
     pub connected: bool,
+    #[oai(skip_serializing_if_is_none)]
     pub last_notification: Option<DateTime<Utc>>,
 }
 
 /// The fallback sweep of this copy.
 #[derive(Object)]
 pub struct SweepInfo {
+    #[oai(skip_serializing_if_is_none)]
     pub last_sweep: Option<DateTime<Utc>>,
+    #[oai(skip_serializing_if_is_none)]
     pub last_duration_ms: Option<f64>,
     /// Rows the last sweep found that no trigger had reported.
     pub last_found: u64,
+    #[oai(skip_serializing_if_is_none)]
     pub next_sweep: Option<DateTime<Utc>>,
 }
 
@@ -243,10 +247,10 @@ impl MonitorApi {
     async fn logs(
         &self,
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] lines: Query<Option<u32>>,
-    ) -> Json<MonitorLogs> {
-        Json(MonitorLogs {
+    ) -> ApiResult<Json<MonitorLogs>> {
+        Ok(Json(MonitorLogs {
             lines: crate::telemetry::recent_lines(lines.0.unwrap_or(100) as usize),
-        })
+        }))
     }
 
     /// Health of this copy: database reachable, listener connected

@@ -22,6 +22,7 @@ pub struct Recipient {
     /// The watched table whose alerts this recipient gets.
     pub table_name: String,
     pub email: String,
+    #[oai(skip_serializing_if_is_none)]
     pub name: Option<String>,
     /// Inactive recipients are kept but not mailed.
     pub is_active: bool,
@@ -40,6 +41,7 @@ pub struct RecipientInput {
     #[oai(validator(max_length = 255))]
     pub name: Option<String>,
     /// Default true.
+    #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
 }
 
@@ -181,7 +183,10 @@ impl RecipientsApi {
         /// Only active (true) or inactive (false) recipients.
         is_active: Query<Option<bool>>,
         /// Page number, from 1.
-        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
         page: Query<u32>,
         /// Items per page (1-500).
         #[oai(

@@ -57,8 +57,10 @@ pub struct SmtpConfig {
     /// The security in effect (derived from the port when none was stored).
     pub security: SmtpSecurity,
     pub sender_email: String,
+    #[oai(skip_serializing_if_is_none)]
     pub sender_name: Option<String>,
     /// Login name; the sender address is used when empty.
+    #[oai(skip_serializing_if_is_none)]
     pub username: Option<String>,
     /// Whether a password is stored.
     pub password_set: bool,
@@ -79,6 +81,7 @@ pub struct SmtpConfigInput {
     #[oai(validator(minimum(value = "1"), maximum(value = "65535")))]
     pub smtp_port: u32,
     /// Defaults to `tls` on port 465 and `starttls` elsewhere.
+    #[oai(skip_serializing_if_is_none)]
     pub security: Option<SmtpSecurity>,
     /// The From address.
     #[oai(validator(max_length = 255))]
@@ -97,6 +100,7 @@ pub struct SmtpConfigInput {
     #[oai(validator(minimum(value = "1"), maximum(value = "600")))]
     pub timeout_seconds: Option<u32>,
     /// Make this the active configuration (others are deactivated).
+    #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
 }
 
@@ -241,7 +245,10 @@ impl SmtpApi {
         &self,
         state: Data<&AppState>,
         /// Page number, from 1.
-        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
         page: Query<u32>,
         /// Items per page (1-500).
         #[oai(

@@ -30,8 +30,10 @@ pub struct SystemSetting {
     pub kind: SettingType,
     pub description: String,
     /// Smallest allowed value (integers only).
+    #[oai(skip_serializing_if_is_none)]
     pub minimum: Option<u64>,
     /// Largest allowed value (integers only).
+    #[oai(skip_serializing_if_is_none)]
     pub maximum: Option<u64>,
 }
 

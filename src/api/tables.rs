@@ -48,6 +48,7 @@ pub struct WatchInput {
     pub alert_verdicts: Option<Vec<String>>,
     /// Mail the flagged rows already present instead of recording them as
     /// baseline (default false).
+    #[oai(skip_serializing_if_is_none)]
     pub backfill: Option<bool>,
 }
 
@@ -130,7 +131,10 @@ impl TablesApi {
         &self,
         state: Data<&AppState>,
         /// Page number, from 1.
-        #[oai(default = "default_page", validator(minimum(value = "1")))]
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
         page: Query<u32>,
         /// Items per page (1-500).
         #[oai(

@@ -46,8 +46,10 @@ pub struct TemplateInput {
 #[derive(Object)]
 pub struct PreviewRequest {
     /// Render this record (default: the table's newest row, or a sample).
+    #[oai(skip_serializing_if_is_none)]
     pub record_id: Option<String>,
     /// Render these templates instead of the stored ones.
+    #[oai(skip_serializing_if_is_none)]
     pub template: Option<TemplateInput>,
 }
 
