@@ -70,11 +70,17 @@ impl App {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         worker.spawn(&mut tasks, &shutdown);
-        let routes = api::routes(AppState {
-            pool: pool.clone(),
-            worker: worker.clone(),
-            secrets,
-        });
+        let routes = api::routes(
+            AppState {
+                pool: pool.clone(),
+                worker: worker.clone(),
+                secrets,
+                auth: std::sync::Arc::new(crate::auth::Authenticator::new(
+                    config.admin_token.as_ref(),
+                )),
+            },
+            &config.cors_origins,
+        );
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let server = poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(

@@ -39,6 +39,9 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
+    /// Origins browsers may call the API from (`CORS_ALLOWED_ORIGINS`,
+    /// comma-separated); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 /// One bad setting: which variable, and what is wrong with it.
@@ -99,6 +102,14 @@ impl Config {
                 .or_else(|| get("RUST_LOG"))
                 .unwrap_or_else(|| "info".into()),
             log_file: get("LOG_FILE").map(PathBuf::from),
+            cors_origins: get("CORS_ALLOWED_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             admin_token: get("ADMIN_TOKEN").map(Secret::new),
             secret_key: match get("SECRET_KEY").map(Secret::new) {
                 Some(key) => match crate::crypto::SecretBox::from_key(&key) {

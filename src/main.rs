@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use audit_alert::app::{self, App};
+use audit_alert::auth::{self, Role};
 use audit_alert::config::Config;
 use audit_alert::{api, telemetry};
 use clap::{Parser, Subcommand};
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Configuration comes from the environment and a `.env` file in the working
 /// directory: DATABASE_URL (or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD),
-/// API_HOST, API_PORT, LOG_LEVEL, LOG_FILE, DB_POOL_SIZE.
+/// API_HOST, API_PORT, LOG_LEVEL, LOG_FILE, DB_POOL_SIZE, ADMIN_TOKEN, SECRET_KEY.
 #[derive(Parser)]
 #[command(name = "audit-alert", version)]
 struct Cli {
@@ -31,6 +32,42 @@ enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Create or revoke API bearer tokens (needs only database access).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once (it cannot be shown again).
+    Create {
+        /// Operator id recorded in the audit log for calls made with it.
+        #[arg(long)]
+        operator: String,
+        /// Organisation id recorded in the audit log.
+        #[arg(long)]
+        org: Option<String>,
+        /// viewer, operator, auditor or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Lifetime, e.g. 90d or 12h (default: no expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// What the token is for.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Revoke a token by id; it stops working at once.
+    Revoke {
+        /// The token id printed by `token create` (or listed by the API).
+        id: i64,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("'{s}' is not a role (viewer, operator, auditor, admin)"))
 }
 
 /// Exit code for a bad setting.
@@ -60,6 +97,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => app::prepare_database(&config).await.map(|_| ()),
+            Command::Token { action } => token(&config, action).await,
             _ => serve(&config).await,
         }
     });
@@ -74,6 +112,48 @@ async fn serve(config: &Config) -> Result<(), app::StartError> {
     shutdown_signal().await;
     tracing::info!("stopping: finishing in-flight deliveries");
     app.stop().await;
+    Ok(())
+}
+
+async fn token(config: &Config, action: TokenCommand) -> Result<(), app::StartError> {
+    let (pool, _) = app::prepare_database(config).await?;
+    match action {
+        TokenCommand::Create {
+            operator,
+            org,
+            role,
+            expires,
+            description,
+        } => {
+            let issued = auth::issue(
+                &pool,
+                &operator,
+                org.as_deref(),
+                role,
+                expires,
+                description.as_deref(),
+            )
+            .await?;
+            eprintln!(
+                "token {} for {operator} ({}){}; it is shown once:",
+                issued.id,
+                role.as_str(),
+                issued
+                    .expires_at
+                    .map(|t| format!(", expires {}", t.to_rfc3339()))
+                    .unwrap_or_default()
+            );
+            println!("{}", issued.token.expose());
+        }
+        TokenCommand::Revoke { id } => {
+            if !auth::revoke(&pool, id).await? {
+                return Err(
+                    anyhow::anyhow!("token {id} does not exist or is already revoked").into(),
+                );
+            }
+            eprintln!("token {id} revoked");
+        }
+    }
     Ok(())
 }
 

@@ -172,6 +172,20 @@ CREATE TABLE watched_tables (
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
+-- Bearer tokens for the API, stored only as SHA-256 digests.
+CREATE TABLE api_tokens (
+    id           bigserial PRIMARY KEY,
+    token_hash   bytea NOT NULL UNIQUE,
+    operator_id  text NOT NULL,
+    org_id       text,
+    role         text NOT NULL CHECK (role IN ('viewer', 'operator', 'auditor', 'admin')),
+    description  text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz,
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);
+
 -- Templates replacing the built-in ones for one table (handlebars).
 CREATE TABLE alert_templates (
     table_name text PRIMARY KEY REFERENCES watched_tables (table_name)
@@ -270,6 +284,9 @@ CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TR
     ON watched_tables FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
 CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON alert_templates FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
+-- A revoked token stops working on every copy at once.
+CREATE TRIGGER audit_alert_config_changed AFTER UPDATE OF revoked_at OR DELETE
+    ON api_tokens FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
 
 -- Watch the two built-in tables. Flagged rows already present become baseline
 -- (not mailed), except, on a database the old system ran, rows newer than its

@@ -8,6 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use tokio_postgres::Row;
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, ApiTags, AppState, Page};
 
@@ -116,6 +117,7 @@ impl AlertsApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        _auth: ViewerAuth,
         /// Only alerts of this table.
         table_name: Query<Option<String>>,
         /// Only alerts in this state.
@@ -176,7 +178,12 @@ impl AlertsApi {
 
     /// One alert with its recipients, attempts and last error
     #[oai(path = "/api/alerts/:id", method = "get", operation_id = "alert_get")]
-    async fn get(&self, state: Data<&AppState>, id: Path<i64>) -> ApiResult<Json<Alert>> {
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        _auth: ViewerAuth,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Alert>> {
         let client = state.pool.get().await?;
         client
             .query_opt(
@@ -194,7 +201,12 @@ impl AlertsApi {
         method = "post",
         operation_id = "alert_resend"
     )]
-    async fn resend(&self, state: Data<&AppState>, id: Path<i64>) -> ApiResult<Json<Alert>> {
+    async fn resend(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Alert>> {
         // Re-sends usually follow a configuration fix: load it before the
         // alert can be claimed, so the send uses it.
         state.worker.reload().await?;

@@ -2,6 +2,7 @@
 //! Errors are turned into problem+json in one place (`error`).
 
 mod alerts;
+mod auth;
 mod error;
 mod health;
 mod monitor;
@@ -13,7 +14,7 @@ mod templates;
 
 use deadpool_postgres::Pool;
 use lettre::Address;
-use poem::middleware::Tracing;
+use poem::middleware::{Cors, Tracing};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use poem_openapi::{Object, OpenApiService, Tags};
@@ -32,6 +33,7 @@ pub struct AppState {
     pub pool: Pool,
     pub worker: Worker,
     pub secrets: Option<SecretBox>,
+    pub auth: auth::Authenticator,
 }
 
 #[derive(Tags)]
@@ -50,6 +52,8 @@ pub(crate) enum ApiTags {
     Monitor,
     /// Alert history and re-sending.
     Alerts,
+    /// Bearer tokens and roles.
+    Auth,
 }
 
 /// A page of results; every list shares this shape.
@@ -113,6 +117,7 @@ type Apis = (
     templates::TemplatesApi,
     monitor::MonitorApi,
     alerts::AlertsApi,
+    auth::AuthApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -126,6 +131,7 @@ fn service() -> OpenApiService<Apis, ()> {
             templates::TemplatesApi,
             monitor::MonitorApi,
             alerts::AlertsApi,
+            auth::AuthApi,
         ),
         "audit-alert",
         env!("CARGO_PKG_VERSION"),
@@ -185,7 +191,7 @@ fn name_path_param(e: poem::Error, path: &str) -> poem::Error {
 }
 
 /// Every route: the operations, `/openapi.json` and `/docs`.
-pub fn routes(state: AppState) -> impl poem::Endpoint {
+pub fn routes(state: AppState, cors_origins: &[String]) -> impl poem::Endpoint {
     let api = service();
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
@@ -196,5 +202,9 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .around(limit_body)
         .catch_all_error(error::into_problem)
         .data(state)
+        .with_if(
+            !cors_origins.is_empty(),
+            Cors::new().allow_origins(cors_origins.iter().map(String::as_str)),
+        )
         .with(Tracing)
 }

@@ -10,6 +10,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::ApiResult;
 use super::health::Health;
 use super::{system, ApiTags, AppState};
@@ -182,7 +183,11 @@ impl MonitorApi {
         method = "post",
         operation_id = "monitor_start"
     )]
-    async fn start(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+    async fn start(
+        &self,
+        _auth: OperatorAuth,
+        state: Data<&AppState>,
+    ) -> ApiResult<Json<MonitorStatus>> {
         set_monitor(&state, true).await.map(Json)
     }
 
@@ -192,7 +197,11 @@ impl MonitorApi {
         method = "post",
         operation_id = "monitor_stop"
     )]
-    async fn stop(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+    async fn stop(
+        &self,
+        _auth: OperatorAuth,
+        state: Data<&AppState>,
+    ) -> ApiResult<Json<MonitorStatus>> {
         set_monitor(&state, false).await.map(Json)
     }
 
@@ -202,7 +211,11 @@ impl MonitorApi {
         method = "post",
         operation_id = "monitor_restart"
     )]
-    async fn restart(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+    async fn restart(
+        &self,
+        _auth: OperatorAuth,
+        state: Data<&AppState>,
+    ) -> ApiResult<Json<MonitorStatus>> {
         system::store(&state, "monitor_enabled", "true").await?;
         let client = state.pool.get().await?;
         client
@@ -218,7 +231,11 @@ impl MonitorApi {
         method = "get",
         operation_id = "monitor_status"
     )]
-    async fn status(&self, state: Data<&AppState>) -> ApiResult<Json<MonitorStatus>> {
+    async fn status(
+        &self,
+        _auth: ViewerAuth,
+        state: Data<&AppState>,
+    ) -> ApiResult<Json<MonitorStatus>> {
         status(&state).await.map(Json)
     }
 
@@ -231,6 +248,7 @@ impl MonitorApi {
     async fn interval(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         #[oai(validator(minimum(value = "1"), maximum(value = "60")))] minutes: Path<u32>,
     ) -> ApiResult<Json<MonitorStatus>> {
         system::store(&state, "check_interval", &minutes.0.to_string()).await?;
@@ -246,6 +264,7 @@ impl MonitorApi {
     )]
     async fn logs(
         &self,
+        _auth: ViewerAuth,
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] lines: Query<Option<u32>>,
     ) -> ApiResult<Json<MonitorLogs>> {
         Ok(Json(MonitorLogs {
@@ -259,7 +278,7 @@ impl MonitorApi {
         method = "get",
         operation_id = "monitor_health"
     )]
-    async fn health(&self, state: Data<&AppState>) -> ApiResult<Json<Health>> {
+    async fn health(&self, _auth: ViewerAuth, state: Data<&AppState>) -> ApiResult<Json<Health>> {
         Health::check(&state).await.map(Json)
     }
 }

@@ -10,6 +10,7 @@ use poem_openapi::{Object, OpenApi};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
 
@@ -163,6 +164,7 @@ impl RecipientsApi {
     async fn create(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         body: Json<RecipientInput>,
     ) -> ApiResult<Json<Recipient>> {
         let client = state.pool.get().await?;
@@ -178,6 +180,7 @@ impl RecipientsApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        _auth: ViewerAuth,
         /// Only recipients of this table.
         table_name: Query<Option<String>>,
         /// Only active (true) or inactive (false) recipients.
@@ -225,7 +228,12 @@ impl RecipientsApi {
         method = "get",
         operation_id = "recipient_get"
     )]
-    async fn get(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<Recipient>> {
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        _auth: ViewerAuth,
+        id: Path<i32>,
+    ) -> ApiResult<Json<Recipient>> {
         let client = state.pool.get().await?;
         client
             .query_opt(
@@ -246,6 +254,7 @@ impl RecipientsApi {
     async fn update(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         id: Path<i32>,
         body: Json<RecipientInput>,
     ) -> ApiResult<Json<Recipient>> {
@@ -278,7 +287,12 @@ impl RecipientsApi {
         method = "delete",
         operation_id = "recipient_delete"
     )]
-    async fn delete(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<Deleted>> {
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        id: Path<i32>,
+    ) -> ApiResult<Json<Deleted>> {
         let client = state.pool.get().await?;
         match client
             .execute("DELETE FROM recipients_config WHERE id = $1", &[&id.0])
@@ -298,6 +312,7 @@ impl RecipientsApi {
     async fn batch_create(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         body: Json<RecipientBatch>,
     ) -> ApiResult<Json<Vec<Recipient>>> {
         let mut client = state.pool.get().await?;
@@ -319,6 +334,7 @@ impl RecipientsApi {
     async fn batch_delete(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         body: Json<RecipientIds>,
     ) -> ApiResult<Json<Deleted>> {
         let mut client = state.pool.get().await?;

@@ -9,6 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use tokio_postgres::Row;
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
 use crate::crypto::KEY_HINT;
@@ -198,6 +199,7 @@ impl SmtpApi {
     async fn create(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         body: Json<SmtpConfigInput>,
     ) -> ApiResult<Json<SmtpConfig>> {
         validate(&body)?;
@@ -244,6 +246,7 @@ impl SmtpApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        _auth: ViewerAuth,
         /// Page number, from 1.
         #[oai(
             default = "default_page",
@@ -283,7 +286,12 @@ impl SmtpApi {
         method = "get",
         operation_id = "smtp_get"
     )]
-    async fn get(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<SmtpConfig>> {
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        _auth: ViewerAuth,
+        id: Path<i32>,
+    ) -> ApiResult<Json<SmtpConfig>> {
         let client = state.pool.get().await?;
         client
             .query_opt(
@@ -304,6 +312,7 @@ impl SmtpApi {
     async fn update(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         id: Path<i32>,
         body: Json<SmtpConfigInput>,
     ) -> ApiResult<Json<SmtpConfig>> {
@@ -359,7 +368,12 @@ impl SmtpApi {
         method = "delete",
         operation_id = "smtp_delete"
     )]
-    async fn delete(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<Deleted>> {
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        id: Path<i32>,
+    ) -> ApiResult<Json<Deleted>> {
         let client = state.pool.get().await?;
         match client
             .execute("DELETE FROM smtp_config WHERE id = $1", &[&id.0])
@@ -376,7 +390,12 @@ impl SmtpApi {
         method = "post",
         operation_id = "smtp_activate"
     )]
-    async fn activate(&self, state: Data<&AppState>, id: Path<i32>) -> ApiResult<Json<SmtpConfig>> {
+    async fn activate(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        id: Path<i32>,
+    ) -> ApiResult<Json<SmtpConfig>> {
         let mut client = state.pool.get().await?;
         let tx = client.transaction().await?;
         let row = tx
@@ -407,6 +426,7 @@ impl SmtpApi {
     async fn test(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         id: Path<i32>,
         body: Json<SmtpTestRequest>,
     ) -> ApiResult<Json<SmtpTestResult>> {

@@ -6,6 +6,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{ApiTags, AppState};
 use crate::monitor::control::{validate_setting, SettingError, SettingKind, SETTINGS};
@@ -95,7 +96,11 @@ impl SystemApi {
         method = "get",
         operation_id = "system_list"
     )]
-    async fn list(&self, state: Data<&AppState>) -> ApiResult<Json<Vec<SystemSetting>>> {
+    async fn list(
+        &self,
+        _auth: ViewerAuth,
+        state: Data<&AppState>,
+    ) -> ApiResult<Json<Vec<SystemSetting>>> {
         let client = state.pool.get().await?;
         let rows = client
             .query("SELECT config_key, config_value FROM system_config", &[])
@@ -123,6 +128,7 @@ impl SystemApi {
     async fn update(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         key: Path<String>,
         body: Json<SettingValue>,
     ) -> ApiResult<Json<SystemSetting>> {

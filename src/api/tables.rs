@@ -9,6 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use tokio_postgres::Row;
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, ApiTags, AppState, Deleted, Page};
 use crate::monitor::tables::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
@@ -130,6 +131,7 @@ impl TablesApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        _auth: ViewerAuth,
         /// Page number, from 1.
         #[oai(
             default = "default_page",
@@ -173,6 +175,7 @@ impl TablesApi {
     async fn create(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         body: Json<WatchInput>,
     ) -> ApiResult<Json<WatchResult>> {
         let client = state.pool.get().await?;
@@ -207,6 +210,7 @@ impl TablesApi {
     async fn update(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         table_name: Path<String>,
         body: Json<WatchInput>,
     ) -> ApiResult<Json<WatchResult>> {
@@ -237,6 +241,7 @@ impl TablesApi {
     async fn delete(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         table_name: Path<String>,
     ) -> ApiResult<Json<Deleted>> {
         if !tables::unwatch(&state.pool, &table_name.0).await? {

@@ -7,6 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde_json::{Map, Value};
 
+use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{ApiTags, AppState, Deleted};
 use crate::db::quote_ident;
@@ -177,6 +178,7 @@ impl TemplatesApi {
     async fn get(
         &self,
         state: Data<&AppState>,
+        _auth: ViewerAuth,
         table_name: Path<String>,
     ) -> ApiResult<Json<Template>> {
         current(&state, &table_name.0).await.map(Json)
@@ -191,6 +193,7 @@ impl TemplatesApi {
     async fn replace(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         table_name: Path<String>,
         body: Json<TemplateInput>,
     ) -> ApiResult<Json<Template>> {
@@ -218,6 +221,7 @@ impl TemplatesApi {
     async fn reset(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         table_name: Path<String>,
     ) -> ApiResult<Json<Deleted>> {
         watched(&state, &table_name.0)?;
@@ -241,6 +245,7 @@ impl TemplatesApi {
     async fn preview(
         &self,
         state: Data<&AppState>,
+        _auth: OperatorAuth,
         table_name: Path<String>,
         body: Json<PreviewRequest>,
     ) -> ApiResult<Json<Preview>> {

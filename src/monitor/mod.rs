@@ -112,6 +112,11 @@ impl Worker {
         &self.0.status
     }
 
+    /// Grows with every configuration reload.
+    pub fn generation(&self) -> u64 {
+        self.0.snapshot.read().expect("snapshot lock").0
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.0.snapshot.read().expect("snapshot lock").1.clone()
     }

@@ -6,8 +6,22 @@ use std::num::NonZeroU32;
 use crate::client::{types, Client};
 use crate::helpers::*;
 
-fn client(app: &audit_alert::app::App) -> Client {
-    Client::new(&format!("http://{}", app.addr()))
+pub fn client(app: &audit_alert::app::App) -> Client {
+    client_with_token(app, ADMIN_TOKEN)
+}
+
+/// The generated client, sending `token` as its bearer token.
+pub fn client_with_token(app: &audit_alert::app::App, token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    Client::new_with_client(&format!("http://{}", app.addr()), http)
 }
 
 fn smtp_input(port: u16) -> types::SmtpConfigInput {
@@ -124,7 +138,10 @@ async fn passwords_need_a_secret_key_and_never_come_back() {
     let api = client(&app);
     let created = api.smtp_create(&input).await.unwrap().into_inner();
     assert!(created.password_set);
-    let raw = reqwest::get(format!("http://{}/api/config/smtp", app.addr()))
+    let raw = reqwest::Client::new()
+        .get(format!("http://{}/api/config/smtp", app.addr()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
         .await
         .unwrap()
         .text()
@@ -150,7 +167,7 @@ async fn passwords_need_a_secret_key_and_never_come_back() {
 
 /// The problem+json body of an error response (the generated client hands
 /// `application/problem+json` bodies over as bytes).
-async fn error_body(
+pub async fn error_body(
     err: progenitor_client::Error<progenitor_client::ByteStream>,
 ) -> serde_json::Value {
     use futures_util::StreamExt;
@@ -178,7 +195,9 @@ async fn raw(
 ) -> (u16, String, serde_json::Value) {
     let http = reqwest::Client::new();
     let url = format!("http://{}{path}", app.addr());
-    let mut req = http.request(method.parse().unwrap(), url);
+    let mut req = http
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(ADMIN_TOKEN);
     if let Some(b) = body {
         req = req
             .header("content-type", "application/json")

@@ -14,6 +14,9 @@ use mailin_embedded::{Handler, Server};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
+/// The `ADMIN_TOKEN` every test service runs with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -69,6 +72,7 @@ impl TestDb {
             ("API_HOST", "127.0.0.1"),
             ("API_PORT", "0"),
             ("DB_POOL_SIZE", "8"),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
