@@ -54,6 +54,9 @@ impl App {
             .transpose()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let (pool, db_config) = prepare_database(config).await?;
+        if let Some(secrets) = &secrets {
+            encrypt_legacy_passwords(&pool, secrets).await?;
+        }
         let worker = Worker::new(pool.clone(), db_config, secrets.clone()).await?;
         let acceptor = TcpListener::bind(config.api_addr)
             .into_acceptor()
@@ -130,6 +133,46 @@ impl App {
         self.pool.close();
         tracing::info!("audit-alert stopped");
     }
+}
+
+/// Encrypts SMTP passwords the old system stored in clear, once a key exists.
+async fn encrypt_legacy_passwords(pool: &Pool, secrets: &SecretBox) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let tx = client
+        .transaction()
+        .await
+        .context("Failed to start a transaction")?;
+    let rows = tx
+        .query(
+            "SELECT id, sender_password FROM smtp_config
+              WHERE coalesce(sender_password, '') <> '' AND password_encrypted IS NULL FOR UPDATE",
+            &[],
+        )
+        .await
+        .context("Failed to read stored passwords")?;
+    for row in &rows {
+        let (id, plain): (i32, &str) = (row.get(0), row.get(1));
+        tx.execute(
+            "UPDATE smtp_config SET password_encrypted = $2, sender_password = NULL WHERE id = $1",
+            &[&id, &secrets.encrypt(plain)],
+        )
+        .await
+        .context("Failed to encrypt a stored password")?;
+    }
+    tx.commit()
+        .await
+        .context("Failed to encrypt stored passwords")?;
+    if !rows.is_empty() {
+        tracing::info!(
+            count = rows.len(),
+            "encrypted SMTP passwords stored in clear"
+        );
+    }
+    Ok(())
 }
 
 /// Creates the database if needed, applies migrations, and builds the pool.

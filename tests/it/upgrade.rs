@@ -266,3 +266,42 @@ async fn watching_rejects_unknown_tables_and_columns() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn passwords_the_old_system_stored_in_clear_are_encrypted_once_a_key_is_set() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(include_str!("../fixtures/legacy_schema.sql"))
+        .await
+        .unwrap();
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let app = audit_alert::app::App::start(&db.config_with(&[("SECRET_KEY", key)]))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT sender_password, password_encrypted FROM smtp_config",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None, "no clear text left");
+    let stored: String = row.get(1);
+    let secrets =
+        audit_alert::crypto::SecretBox::from_key(&audit_alert::config::Secret::new(key)).unwrap();
+    assert_eq!(secrets.decrypt(&stored).unwrap().expose(), "legacy-secret");
+    assert_eq!(
+        app.worker()
+            .snapshot()
+            .smtp
+            .as_ref()
+            .unwrap()
+            .password
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "legacy-secret"
+    );
+    app.stop().await;
+}
