@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::audit_log::writer::{self, AuditQueue};
 use crate::config::Config;
 use crate::crypto::SecretBox;
 use crate::db;
@@ -41,6 +42,9 @@ pub struct App {
     worker: Worker,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    audit: AuditQueue,
+    audit_stop: CancellationToken,
+    audit_writer: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -73,6 +77,13 @@ impl App {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         worker.spawn(&mut tasks, &shutdown);
+        let audit_stop = CancellationToken::new();
+        let (audit, audit_writer) = writer::start(
+            pool.clone(),
+            config.audit_queue_capacity,
+            audit_stop.clone(),
+        );
+        tasks.spawn(purge_loop(pool.clone(), worker.clone(), shutdown.clone()));
         let routes = api::routes(
             AppState {
                 pool: pool.clone(),
@@ -81,8 +92,10 @@ impl App {
                 auth: std::sync::Arc::new(crate::auth::Authenticator::new(
                     config.admin_token.as_ref(),
                 )),
+                audit: audit.clone(),
             },
             &config.cors_origins,
+            config.trusted_proxies.clone(),
         );
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -102,6 +115,9 @@ impl App {
             worker,
             shutdown,
             tasks,
+            audit,
+            audit_stop,
+            audit_writer,
         })
     }
 
@@ -118,6 +134,10 @@ impl App {
         &self.worker
     }
 
+    pub fn audit_queue(&self) -> &AuditQueue {
+        &self.audit
+    }
+
     /// Soft stop: no new claims, in-flight sends finish (within a deadline),
     /// then every task ends.
     pub async fn stop(mut self) {
@@ -130,8 +150,36 @@ impl App {
             tracing::warn!("stop deadline passed; abandoning unfinished work");
             self.tasks.abort_all();
         }
+        // The server has stopped: nothing enqueues any more; write what is queued.
+        self.audit_stop.cancel();
+        if tokio::time::timeout(STOP_DEADLINE, &mut self.audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                queued = self.audit.depth(),
+                "audit log entries could not be written before the stop deadline"
+            );
+            self.audit_writer.abort();
+        }
         self.pool.close();
         tracing::info!("audit-alert stopped");
+    }
+}
+
+/// Purges audit-log entries past their retention, at start and then daily.
+async fn purge_loop(pool: Pool, worker: Worker, shutdown: CancellationToken) {
+    loop {
+        let days = worker.snapshot().switches.audit_retention_days;
+        match writer::purge(&pool, days).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, days, "audit log retention purge"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "audit log retention purge failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+        }
     }
 }
 

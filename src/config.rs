@@ -42,6 +42,10 @@ pub struct Config {
     /// Origins browsers may call the API from (`CORS_ALLOWED_ORIGINS`,
     /// comma-separated); none by default.
     pub cors_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Audit-log entries that may wait to be written (`AUDIT_QUEUE_CAPACITY`).
+    pub audit_queue_capacity: usize,
 }
 
 /// One bad setting: which variable, and what is wrong with it.
@@ -102,6 +106,36 @@ impl Config {
                 .or_else(|| get("RUST_LOG"))
                 .unwrap_or_else(|| "info".into()),
             log_file: get("LOG_FILE").map(PathBuf::from),
+            trusted_proxies: match get("TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(v) => v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        a.parse::<IpAddr>().map_err(|_| {
+                            ConfigError::new(
+                                "TRUSTED_PROXIES",
+                                format!("'{a}' is not an IP address"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            audit_queue_capacity: match get("AUDIT_QUEUE_CAPACITY") {
+                None => 10_000,
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000_000).contains(n))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "AUDIT_QUEUE_CAPACITY",
+                            format!("'{v}' is not a whole number from 1 to 10000000"),
+                        )
+                    })?,
+            },
             cors_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|v| {
                     v.split(',')

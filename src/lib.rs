@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit_log;
 pub mod auth;
 pub mod config;
 pub mod crypto;

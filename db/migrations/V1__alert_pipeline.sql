@@ -88,7 +88,8 @@ INSERT INTO system_config (config_key, config_value, description) VALUES
     ('retry_max_attempts', '8', 'Delivery attempts before an alert is marked failed'),
     ('retry_base_ms', '2000', 'First retry delay in milliseconds; doubles per attempt'),
     ('retry_max_ms', '600000', 'Longest retry delay in milliseconds'),
-    ('sending_lease_seconds', '300', 'Seconds after which an unfinished send is taken over by another worker')
+    ('sending_lease_seconds', '300', 'Seconds after which an unfinished send is taken over by another worker'),
+    ('audit_retention_days', '180', 'Days the operation audit log is kept (180-3650)')
 ON CONFLICT (config_key) DO NOTHING;
 
 -- ---------------------------------------------------------------------------
@@ -323,3 +324,41 @@ BEGIN
     END LOOP;
 END
 $watch$;
+
+-- ---------------------------------------------------------------------------
+-- The operation audit log: append-only; only the retention purge deletes.
+-- ---------------------------------------------------------------------------
+CREATE TABLE audit_log (
+    audit_id          char(32) PRIMARY KEY,
+    operation_time    timestamptz NOT NULL,
+    operation_ip      text,
+    operator_id       text,
+    operator_org_id   text,
+    role_id           text,
+    request_params    jsonb,
+    response_result   jsonb,
+    operation_url     text NOT NULL,
+    operation_method  text NOT NULL,
+    operation_desc    text NOT NULL,
+    operation_result  char(1) NOT NULL CHECK (operation_result IN ('0', '1')),
+    error_msg         text,
+    duration_ms       integer NOT NULL
+);
+CREATE INDEX audit_log_time ON audit_log (operation_time DESC);
+CREATE INDEX audit_log_operator ON audit_log (operator_id, operation_time DESC);
+CREATE INDEX audit_log_org ON audit_log (operator_org_id, operation_time DESC);
+CREATE INDEX audit_log_result ON audit_log (operation_result, operation_time DESC);
+
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('audit_alert.retention_purge', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();

@@ -11,6 +11,7 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, ApiTags, AppState, Page};
+use crate::audit_log::Audit;
 
 pub struct AlertsApi;
 
@@ -108,6 +109,13 @@ fn to_alert(r: &Row) -> Alert {
 fn not_found(id: i64) -> ApiError {
     ApiError::not_found(format!("alert {id} does not exist"))
 }
+
+/// How each alert operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("alert_list", "查询告警记录"),
+    Audit::new("alert_get", "查询告警详情"),
+    Audit::new("alert_resend", "重发告警").record_result(),
+];
 
 #[OpenApi(tag = "ApiTags::Alerts")]
 impl AlertsApi {

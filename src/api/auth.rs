@@ -13,6 +13,7 @@ use poem_openapi::{Enum, Object, OpenApi, SecurityScheme};
 
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, ApiTags, AppState, Deleted, Page};
+use crate::audit_log::Audit;
 use crate::auth::{self, AuthError, Principal, Role};
 
 /// Verifies the bearer token and that its role includes `needed`.
@@ -173,6 +174,15 @@ pub struct TokenInfo {
 }
 
 pub struct AuthApi;
+
+/// How each token operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("auth_me", "查询当前身份"),
+    // The response carries the new token: recorded, with the token masked.
+    Audit::new("token_create", "创建令牌").record_result(),
+    Audit::new("token_list", "查询令牌列表"),
+    Audit::new("token_revoke", "吊销令牌"),
+];
 
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {

@@ -164,6 +164,15 @@ impl From<tokio_postgres::Error> for ApiError {
 /// wrong method, unparsable body, failed validation, size limit) into a problem.
 pub async fn into_problem(err: poem::Error) -> Response {
     let detail = err.to_string();
+    let operation = err.data::<poem_openapi::OperationId>().copied();
+    let mut response = into_problem_response(err, detail);
+    if let Some(op) = operation {
+        response.set_data(op);
+    }
+    response
+}
+
+fn into_problem_response(err: poem::Error, detail: String) -> Response {
     let response = err.into_response();
     let is_problem = response
         .headers()

@@ -2,6 +2,8 @@
 //! Errors are turned into problem+json in one place (`error`).
 
 mod alerts;
+mod audit;
+mod audit_logs;
 mod auth;
 mod error;
 mod health;
@@ -21,11 +23,13 @@ use poem_openapi::{Object, OpenApiService, Tags};
 
 pub use error::{ApiError, ApiResult, Problem};
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::audit_log::writer::AuditQueue;
+use crate::audit_log::Audit;
 use crate::crypto::SecretBox;
 use crate::monitor::Worker;
-
-/// Largest request body accepted (413 beyond).
-const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What every operation can reach through `Data<&AppState>`.
 #[derive(Clone)]
@@ -34,6 +38,23 @@ pub struct AppState {
     pub worker: Worker,
     pub secrets: Option<SecretBox>,
     pub auth: auth::Authenticator,
+    pub audit: AuditQueue,
+}
+
+/// Every operation's audit declaration.
+pub fn audit_declarations() -> Vec<Audit> {
+    [
+        smtp::AUDIT,
+        recipients::AUDIT,
+        system::AUDIT,
+        tables::AUDIT,
+        templates::AUDIT,
+        monitor::AUDIT,
+        alerts::AUDIT,
+        auth::AUDIT,
+        audit_logs::AUDIT,
+    ]
+    .concat()
 }
 
 #[derive(Tags)]
@@ -54,6 +75,8 @@ pub(crate) enum ApiTags {
     Alerts,
     /// Bearer tokens and roles.
     Auth,
+    /// Who did what through the API.
+    AuditLog,
 }
 
 /// A page of results; every list shares this shape.
@@ -118,6 +141,7 @@ type Apis = (
     monitor::MonitorApi,
     alerts::AlertsApi,
     auth::AuthApi,
+    audit_logs::AuditLogsApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -132,6 +156,7 @@ fn service() -> OpenApiService<Apis, ()> {
             monitor::MonitorApi,
             alerts::AlertsApi,
             auth::AuthApi,
+            audit_logs::AuditLogsApi,
         ),
         "audit-alert",
         env!("CARGO_PKG_VERSION"),
@@ -150,23 +175,8 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
-/// Refuses bodies over [`BODY_LIMIT`] with 413, whether or not they
-/// announce their length.
-async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
-    let too_large = || poem::Error::from_status(poem::http::StatusCode::PAYLOAD_TOO_LARGE);
-    let announced = req
-        .headers()
-        .get(poem::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if announced.is_some_and(|n| n > BODY_LIMIT) {
-        return Err(too_large());
-    }
-    let body = req
-        .take_body()
-        .into_bytes_limit(BODY_LIMIT)
-        .await
-        .map_err(|_| too_large())?;
-    req.set_body(body);
+/// Names the path parameter of a parse error (see [`name_path_param`]).
+async fn path_param_names<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let path = req.uri().path().to_owned();
     match next.call(req).await {
         Ok(response) => Ok(response.into_response()),
@@ -191,16 +201,22 @@ fn name_path_param(e: poem::Error, path: &str) -> poem::Error {
 }
 
 /// Every route: the operations, `/openapi.json` and `/docs`.
-pub fn routes(state: AppState, cors_origins: &[String]) -> impl poem::Endpoint {
+pub fn routes(
+    state: AppState,
+    cors_origins: &[String],
+    trusted_proxies: Vec<IpAddr>,
+) -> impl poem::Endpoint {
     let api = service();
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
+    let layer = Arc::new(audit::AuditLayer::new(state.audit.clone(), trusted_proxies));
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
-        .around(limit_body)
+        .around(path_param_names)
         .catch_all_error(error::into_problem)
+        .around(move |next, req| audit::gate(next, req, layer.clone()))
         .data(state)
         .with_if(
             !cors_origins.is_empty(),

@@ -14,6 +14,7 @@ use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::ApiResult;
 use super::health::Health;
 use super::{system, ApiTags, AppState};
+use crate::audit_log::Audit;
 use crate::monitor::CONTROL_CHANNEL;
 
 pub struct MonitorApi;
@@ -74,6 +75,21 @@ pub struct QueueInfo {
     pub failed_by_this_copy: u64,
 }
 
+/// The operation audit log writer of this copy.
+#[derive(Object)]
+pub struct AuditLogInfo {
+    /// Entries waiting to be written.
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    pub written: u64,
+    /// Entries given up on; stays 0 (callers get 503 instead).
+    pub dropped: u64,
+    /// Write attempts that failed and were retried.
+    pub failed_writes: u64,
+    /// Duration of the last batch insert.
+    pub last_write_ms: f64,
+}
+
 /// Worker status (the old system's fields first).
 #[derive(Object)]
 pub struct MonitorStatus {
@@ -87,6 +103,7 @@ pub struct MonitorStatus {
     pub listener: ListenerInfo,
     pub sweep: SweepInfo,
     pub queue: QueueInfo,
+    pub audit_log: AuditLogInfo,
 }
 
 /// The newest log lines of this copy.
@@ -172,8 +189,31 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
             retried_by_this_copy: retried,
             failed_by_this_copy: failed,
         },
+        audit_log: {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = state.audit.stats();
+            AuditLogInfo {
+                queue_depth: state.audit.depth() as u64,
+                queue_capacity: state.audit.capacity() as u64,
+                written: stats.written.load(Relaxed),
+                dropped: stats.dropped.load(Relaxed),
+                failed_writes: stats.failed_writes.load(Relaxed),
+                last_write_ms: stats.last_write_micros.load(Relaxed) as f64 / 1e3,
+            }
+        },
     })
 }
+
+/// How each monitor operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("monitor_start", "启动监控"),
+    Audit::new("monitor_stop", "停止监控"),
+    Audit::new("monitor_restart", "重启监控"),
+    Audit::new("monitor_status", "查询监控状态"),
+    Audit::new("monitor_interval", "修改检查间隔"),
+    Audit::new("monitor_logs", "查询监控日志"),
+    Audit::new("monitor_health", "查询健康状态"),
+];
 
 #[OpenApi(tag = "ApiTags::Monitor")]
 impl MonitorApi {

@@ -13,6 +13,8 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
+use crate::audit_log::mask::Strategy;
+use crate::audit_log::{Audit, Masked};
 
 pub struct RecipientsApi;
 
@@ -151,6 +153,22 @@ async fn count_all(
 
 fn not_found(id: i32) -> ApiError {
     ApiError::not_found(format!("recipient {id} does not exist"))
+}
+
+/// How each recipient operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("recipient_create", "新增收件人").masks(RecipientInput::MASKS),
+    Audit::new("recipient_list", "查询收件人列表"),
+    Audit::new("recipient_get", "查询收件人"),
+    Audit::new("recipient_update", "修改收件人").masks(RecipientInput::MASKS),
+    Audit::new("recipient_delete", "删除收件人"),
+    Audit::new("recipient_batch_create", "批量新增收件人").masks(RecipientInput::MASKS),
+    Audit::new("recipient_batch_delete", "批量删除收件人"),
+];
+
+impl Masked for RecipientInput {
+    const MASKS: &'static [(&'static str, Strategy)] =
+        &[("email", Strategy::Email), ("name", Strategy::Name)];
 }
 
 #[OpenApi(tag = "ApiTags::Recipients")]

@@ -12,6 +12,7 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
+use crate::audit_log::Audit;
 use crate::crypto::KEY_HINT;
 use crate::mail::transport::{FailureKind, Security};
 use crate::mail::{Mailer, SmtpSettings};
@@ -187,6 +188,17 @@ fn validate(input: &SmtpConfigInput) -> ApiResult<()> {
     }
     Ok(())
 }
+
+/// How each SMTP operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("smtp_create", "新增SMTP配置"),
+    Audit::new("smtp_list", "查询SMTP配置列表"),
+    Audit::new("smtp_get", "查询SMTP配置"),
+    Audit::new("smtp_update", "修改SMTP配置"),
+    Audit::new("smtp_delete", "删除SMTP配置"),
+    Audit::new("smtp_activate", "启用SMTP配置"),
+    Audit::new("smtp_test", "发送测试邮件").record_result(),
+];
 
 #[OpenApi(tag = "ApiTags::Smtp")]
 impl SmtpApi {

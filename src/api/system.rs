@@ -9,6 +9,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{ApiTags, AppState};
+use crate::audit_log::Audit;
 use crate::monitor::control::{validate_setting, SettingError, SettingKind, SETTINGS};
 
 pub struct SystemApi;
@@ -87,6 +88,12 @@ fn describe(key: &str, value: String) -> SystemSetting {
         maximum,
     }
 }
+
+/// How each system-setting operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("system_list", "查询系统配置"),
+    Audit::new("system_update", "修改系统配置").record_result(),
+];
 
 #[OpenApi(tag = "ApiTags::System")]
 impl SystemApi {

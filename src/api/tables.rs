@@ -12,6 +12,7 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, ApiTags, AppState, Deleted, Page};
+use crate::audit_log::Audit;
 use crate::monitor::tables::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
 
 pub struct TablesApi;
@@ -119,6 +120,14 @@ async fn watch(state: &AppState, table_name: &str, input: &WatchInput) -> ApiRes
         existing_flagged: watched.existing_flagged,
     })
 }
+
+/// How each watched-table operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("table_list", "查询监控表"),
+    Audit::new("table_watch", "新增监控表").record_result(),
+    Audit::new("table_update", "修改监控表").record_result(),
+    Audit::new("table_unwatch", "移除监控表"),
+];
 
 #[OpenApi(tag = "ApiTags::Tables")]
 impl TablesApi {

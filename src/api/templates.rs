@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{ApiTags, AppState, Deleted};
+use crate::audit_log::Audit;
 use crate::db::quote_ident;
 use crate::mail::render::RenderError;
 use crate::mail::{AlertRecord, Renderer};
@@ -166,6 +167,14 @@ async fn preview_record(
         alerted_at: chrono::Utc::now(),
     })
 }
+
+/// How each template operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("template_get", "查询邮件模板"),
+    Audit::new("template_replace", "修改邮件模板"),
+    Audit::new("template_reset", "恢复默认邮件模板"),
+    Audit::new("template_preview", "预览邮件模板"),
+];
 
 #[OpenApi(tag = "ApiTags::Tables")]
 impl TemplatesApi {

@@ -24,6 +24,7 @@ pub struct Switches {
     pub digest_max_records: usize,
     pub retry: RetryPolicy,
     pub sending_lease: Duration,
+    pub audit_retention_days: u64,
 }
 
 impl Default for Switches {
@@ -35,6 +36,7 @@ impl Default for Switches {
             digest_max_records: 200,
             retry: RetryPolicy::default(),
             sending_lease: Duration::from_secs(300),
+            audit_retention_days: 180,
         }
     }
 }
@@ -156,6 +158,7 @@ impl Switches {
                 "retry_base_ms" => s.retry.base = Duration::from_millis(number()),
                 "retry_max_ms" => s.retry.max = Duration::from_millis(number()),
                 "sending_lease_seconds" => s.sending_lease = Duration::from_secs(number()),
+                "audit_retention_days" => s.audit_retention_days = number(),
                 _ => {}
             }
         }

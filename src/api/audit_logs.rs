@@ -1,0 +1,206 @@
+//! Reading the operation audit log: filtered, paged, newest first; one entry.
+//! Auditors and admins only — and reading it is itself audited.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::auth::AuditorAuth;
+use super::error::{ApiError, ApiResult};
+use super::{default_page, default_page_size, ApiTags, AppState, Page};
+use crate::audit_log::Audit;
+
+/// How each audit-log operation is audited.
+pub(super) const AUDIT: &[Audit] = &[
+    Audit::new("audit_log_list", "查询操作审计日志"),
+    Audit::new("audit_log_get", "查询操作审计详情"),
+];
+
+pub struct AuditLogsApi;
+
+/// Whether the call succeeded.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationResult {
+    /// Succeeded.
+    #[oai(rename = "0")]
+    Success,
+    /// Failed.
+    #[oai(rename = "1")]
+    Failure,
+}
+
+/// One audited API call.
+#[derive(Object)]
+pub struct AuditLogEntry {
+    /// 32 characters, sortable by time.
+    pub audit_id: String,
+    pub operation_time: DateTime<Utc>,
+    #[oai(skip_serializing_if_is_none)]
+    pub operation_ip: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub operator_id: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub operator_org_id: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub role_id: Option<String>,
+    /// Path, query and body, masked.
+    #[oai(skip_serializing_if_is_none)]
+    pub request_params: Option<serde_json::Value>,
+    /// The response, when the operation records it.
+    #[oai(skip_serializing_if_is_none)]
+    pub response_result: Option<serde_json::Value>,
+    pub operation_url: String,
+    pub operation_method: String,
+    pub operation_desc: String,
+    pub operation_result: OperationResult,
+    #[oai(skip_serializing_if_is_none)]
+    pub error_msg: Option<String>,
+    pub duration_ms: i32,
+}
+
+const COLUMNS: &str =
+    "audit_id, operation_time, operation_ip, operator_id, operator_org_id, role_id,
+     request_params, response_result, operation_url, operation_method, operation_desc,
+     operation_result, error_msg, duration_ms";
+
+fn to_entry(r: &Row) -> AuditLogEntry {
+    AuditLogEntry {
+        audit_id: r.get(0),
+        operation_time: r.get(1),
+        operation_ip: r.get(2),
+        operator_id: r.get(3),
+        operator_org_id: r.get(4),
+        role_id: r.get(5),
+        request_params: r.get(6),
+        response_result: r.get(7),
+        operation_url: r.get(8),
+        operation_method: r.get(9),
+        operation_desc: r.get(10),
+        operation_result: if r.get::<_, &str>(11) == "0" {
+            OperationResult::Success
+        } else {
+            OperationResult::Failure
+        },
+        error_msg: r.get(12),
+        duration_ms: r.get(13),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::AuditLog")]
+impl AuditLogsApi {
+    /// The operation audit log, newest first, with filters and paging
+    #[allow(clippy::too_many_arguments)]
+    #[oai(
+        path = "/api/audit-logs",
+        method = "get",
+        operation_id = "audit_log_list"
+    )]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        _auth: AuditorAuth,
+        /// Only calls by this operator.
+        operator_id: Query<Option<String>>,
+        /// Only calls by this organisation.
+        org_id: Query<Option<String>>,
+        /// Only successful (0) or failed (1) calls.
+        result: Query<Option<OperationResult>>,
+        /// Only calls with this HTTP method.
+        method: Query<Option<String>>,
+        /// Text the URL or the description contains.
+        text: Query<Option<String>>,
+        /// At or after this time (RFC 3339).
+        from: Query<Option<DateTime<Utc>>>,
+        /// Before this time (RFC 3339).
+        to: Query<Option<DateTime<Utc>>>,
+        /// Page number, from 1.
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "1000000"))
+        )]
+        page: Query<u32>,
+        /// Items per page (1-500).
+        #[oai(
+            default = "default_page_size",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        page_size: Query<u32>,
+    ) -> ApiResult<Json<Page<AuditLogEntry>>> {
+        let filter = "($1::text IS NULL OR operator_id = $1) AND ($2::text IS NULL OR operator_org_id = $2)
+            AND ($3::text IS NULL OR operation_result = $3) AND ($4::text IS NULL OR operation_method = upper($4))
+            AND ($5::text IS NULL OR operation_url ILIKE '%' || $5 || '%' OR operation_desc ILIKE '%' || $5 || '%')
+            AND ($6::timestamptz IS NULL OR operation_time >= $6) AND ($7::timestamptz IS NULL OR operation_time < $7)";
+        let result = result.0.map(|r| {
+            if r == OperationResult::Success {
+                "0"
+            } else {
+                "1"
+            }
+        });
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &operator_id.0,
+            &org_id.0,
+            &result,
+            &method.0,
+            &text.0,
+            &from.0,
+            &to.0,
+        ];
+        let client = state.pool.get().await?;
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM audit_log WHERE {filter}"),
+                &params,
+            )
+            .await?
+            .get(0);
+        let (limit, offset) = Page::<AuditLogEntry>::window(page.0, page_size.0);
+        let mut all = params.to_vec();
+        all.push(&limit);
+        all.push(&offset);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM audit_log WHERE {filter}
+                      ORDER BY operation_time DESC, audit_id DESC LIMIT $8 OFFSET $9"
+                ),
+                &all,
+            )
+            .await?;
+        Ok(Json(Page::new(
+            rows.iter().map(to_entry).collect(),
+            total,
+            page.0,
+            page_size.0,
+        )))
+    }
+
+    /// One audit-log entry
+    #[oai(
+        path = "/api/audit-logs/:audit_id",
+        method = "get",
+        operation_id = "audit_log_get"
+    )]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        _auth: AuditorAuth,
+        audit_id: Path<String>,
+    ) -> ApiResult<Json<AuditLogEntry>> {
+        let client = state.pool.get().await?;
+        client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM audit_log WHERE audit_id = $1"),
+                &[&audit_id.0],
+            )
+            .await?
+            .map(|r| Json(to_entry(&r)))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("audit entry '{}' does not exist", audit_id.0))
+            })
+    }
+}

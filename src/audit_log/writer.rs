@@ -1,0 +1,205 @@
+//! The asynchronous writer: requests only enqueue into a bounded queue; one
+//! task batches the entries into INSERTs. While the database is unreachable
+//! the batch is kept and retried, so nothing is lost; when the queue is full,
+//! callers are refused (the HTTP layer answers 503) rather than unaudited.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Entries written per INSERT at most.
+const BATCH: usize = 1000;
+/// Advisory lock class for the daily retention purge.
+const PURGE_LOCK: i64 = 0x6175_6469_745f_7072;
+
+/// One audited call.
+#[derive(Clone, Debug, Serialize)]
+pub struct Entry {
+    pub audit_id: String,
+    pub operation_time: DateTime<Utc>,
+    pub operation_ip: Option<String>,
+    pub operator_id: Option<String>,
+    pub operator_org_id: Option<String>,
+    pub role_id: Option<String>,
+    pub request_params: Option<serde_json::Value>,
+    pub response_result: Option<serde_json::Value>,
+    pub operation_url: String,
+    pub operation_method: String,
+    pub operation_desc: String,
+    pub operation_result: &'static str,
+    pub error_msg: Option<String>,
+    pub duration_ms: i32,
+}
+
+/// Counters for status pages and metrics.
+#[derive(Default)]
+pub struct WriterStats {
+    pub written: AtomicU64,
+    /// Entries given up on; stays 0 (nothing is dropped, callers are refused).
+    pub dropped: AtomicU64,
+    pub failed_writes: AtomicU64,
+    pub last_write_micros: AtomicU64,
+}
+
+/// The enqueue side, held by the HTTP layer.
+#[derive(Clone)]
+pub struct AuditQueue {
+    sender: mpsc::Sender<Entry>,
+    capacity: usize,
+    stats: Arc<WriterStats>,
+}
+
+impl AuditQueue {
+    /// Reserves a place for one entry; `None` when the queue is full.
+    pub fn reserve(&self) -> Option<mpsc::OwnedPermit<Entry>> {
+        self.sender.clone().try_reserve_owned().ok()
+    }
+
+    /// Entries waiting to be written.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.sender.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+/// Starts the writer; after `shutdown` it writes what is queued, then exits.
+/// Cancel it only once nothing can enqueue any more (the server has stopped).
+pub fn start(
+    pool: Pool,
+    capacity: usize,
+    shutdown: CancellationToken,
+) -> (AuditQueue, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel(capacity);
+    let stats = Arc::new(WriterStats::default());
+    let queue = AuditQueue {
+        sender,
+        capacity,
+        stats: stats.clone(),
+    };
+    let task = tokio::spawn(run(pool, receiver, stats, shutdown));
+    (queue, task)
+}
+
+async fn run(
+    pool: Pool,
+    mut receiver: mpsc::Receiver<Entry>,
+    stats: Arc<WriterStats>,
+    shutdown: CancellationToken,
+) {
+    let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
+    let mut failures = 0u32;
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled(), if receiver.is_empty() => return,
+                n = receiver.recv_many(&mut batch, BATCH) => {
+                    if n == 0 { return; }
+                }
+            }
+        } else if failures == 0 {
+            // Top up without waiting, so a burst goes out in large batches.
+            // Not while retrying: then the queue must fill, so that callers
+            // are refused instead of piling entries up in memory.
+            while batch.len() < BATCH {
+                match receiver.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+        }
+        let started = Instant::now();
+        match insert(&pool, &batch).await {
+            Ok(()) => {
+                stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats
+                    .last_write_micros
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                batch.clear();
+                failures = 0;
+            }
+            Err(e) => {
+                // Keep the batch; try again after a capped backoff.
+                failures = failures.saturating_add(1);
+                stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tracing::warn!(error = format!("{e:#}"), kept = batch.len(), retry_in = ?wait, "audit log write failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+async fn insert(pool: &Pool, batch: &[Entry]) -> anyhow::Result<()> {
+    let rows = serde_json::to_value(batch).context("Failed to encode audit entries")?;
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    client
+        .execute(
+            "INSERT INTO audit_log (audit_id, operation_time, operation_ip, operator_id,
+                 operator_org_id, role_id, request_params, response_result, operation_url,
+                 operation_method, operation_desc, operation_result, error_msg, duration_ms)
+             SELECT audit_id, operation_time, operation_ip, operator_id, operator_org_id, role_id,
+                    request_params, response_result, operation_url, operation_method,
+                    operation_desc, operation_result, error_msg, duration_ms
+               FROM jsonb_to_recordset($1::jsonb) AS e(audit_id text, operation_time timestamptz,
+                    operation_ip text, operator_id text, operator_org_id text, role_id text,
+                    request_params jsonb, response_result jsonb, operation_url text,
+                    operation_method text, operation_desc text, operation_result text,
+                    error_msg text, duration_ms integer)
+             ON CONFLICT (audit_id) DO NOTHING",
+            &[&rows],
+        )
+        .await
+        .context("Failed to insert audit entries")?;
+    Ok(())
+}
+
+/// Deletes entries older than `days`; one copy at a time. Returns how many.
+pub async fn purge(pool: &Pool, days: u64) -> anyhow::Result<u64> {
+    let mut client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let tx = client
+        .transaction()
+        .await
+        .context("Failed to start the purge")?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+        .await
+        .context("Failed to take the purge lock")?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    tx.batch_execute("SET LOCAL audit_alert.retention_purge = 'on'")
+        .await
+        .context("Failed to open the purge")?;
+    let n = tx
+        .execute(
+            "DELETE FROM audit_log WHERE operation_time < now() - make_interval(days => $1::int)",
+            &[&(days.min(i32::MAX as u64) as i32)],
+        )
+        .await
+        .context("Failed to purge the audit log")?;
+    tx.commit().await.context("Failed to finish the purge")?;
+    Ok(n)
+}
