@@ -2,6 +2,7 @@
 //! a real SMTP server per test, asserting on the e-mail that arrived.
 
 mod api;
+mod audit;
 mod auth;
 mod client;
 mod helpers;
