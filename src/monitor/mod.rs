@@ -220,9 +220,15 @@ impl Worker {
             return Ok(0);
         }
         let claimed_at = started.elapsed();
-        // Recipients and templates as of now, not as of before the claim: a
-        // configuration fix followed by a re-send must be seen by that send.
+        // Switches, recipients and templates as of now, not as of before the
+        // claim: a change made before an alert arrived applies to that alert.
         let snapshot = self.snapshot();
+        if !snapshot.switches.monitor_enabled || !snapshot.switches.email_enabled {
+            let ids: Vec<i64> = claimed.iter().map(|a| a.id).collect();
+            let suppress = snapshot.switches.monitor_enabled;
+            queue::unclaim(pool, &self.0.id, &ids, suppress).await?;
+            return Ok(if suppress { claimed.len() } else { 0 });
+        }
         let mut rows = HashMap::new();
         for table in &tables {
             let ids: Vec<&str> = claimed

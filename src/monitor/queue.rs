@@ -110,6 +110,31 @@ pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
         .context("Failed to suppress due alerts")
 }
 
+/// Gives claimed alerts back without an attempt counted (delivery was paused
+/// meanwhile), or records them as suppressed (e-mail was switched off).
+pub async fn unclaim(
+    pool: &Pool,
+    worker: &str,
+    ids: &[i64],
+    suppress: bool,
+) -> anyhow::Result<u64> {
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    client
+        .execute(
+            "UPDATE email_sent_log
+                SET status = CASE WHEN $3 THEN 'suppressed' ELSE 'pending' END,
+                    attempts = attempts - 1, next_attempt_at = now(), locked_by = NULL,
+                    updated_at = now()
+              WHERE id = ANY($2) AND locked_by = $1 AND status = 'sending'",
+            &[&worker, &ids, &suppress],
+        )
+        .await
+        .context("Failed to give back claimed alerts")
+}
+
 /// Records outcomes, only for alerts this worker still holds.
 pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow::Result<u64> {
     if outcomes.is_empty() {
