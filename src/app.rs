@@ -96,6 +96,7 @@ impl App {
             },
             &config.cors_origins,
             config.trusted_proxies.clone(),
+            config.audit_enabled,
         );
         let stop = shutdown.clone();
         tasks.spawn(async move {

@@ -46,6 +46,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// Audit-log entries that may wait to be written (`AUDIT_QUEUE_CAPACITY`).
     pub audit_queue_capacity: usize,
+    /// Always true from the environment; the benchmarks turn it off to
+    /// measure what auditing costs.
+    pub audit_enabled: bool,
 }
 
 /// One bad setting: which variable, and what is wrong with it.
@@ -136,6 +139,7 @@ impl Config {
                         )
                     })?,
             },
+            audit_enabled: true,
             cors_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|v| {
                     v.split(',')

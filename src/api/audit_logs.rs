@@ -166,7 +166,7 @@ impl AuditLogsApi {
             .query(
                 &format!(
                     "SELECT {COLUMNS} FROM audit_log WHERE {filter}
-                      ORDER BY operation_time DESC, audit_id DESC LIMIT $8 OFFSET $9"
+                      ORDER BY audit_id DESC LIMIT $8 OFFSET $9"
                 ),
                 &all,
             )

@@ -29,6 +29,9 @@ async fn check(req: &Request, bearer: Bearer, needed: Role) -> poem::Result<Prin
             AuthError::Unavailable(e) => ApiError::from(e),
             e => ApiError::unauthorized(e.to_string()),
         })?;
+    if let Some(slot) = req.data::<super::audit::PrincipalSlot>() {
+        slot.put(&principal);
+    }
     if !principal.role.allows(needed) {
         return Err(ApiError::forbidden(format!(
             "the role '{}' may not do this; it needs '{}'",

@@ -205,11 +205,13 @@ pub fn routes(
     state: AppState,
     cors_origins: &[String],
     trusted_proxies: Vec<IpAddr>,
+    audited: bool,
 ) -> impl poem::Endpoint {
     let api = service();
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
-    let layer = Arc::new(audit::AuditLayer::new(state.audit.clone(), trusted_proxies));
+    let layer =
+        audited.then(|| Arc::new(audit::AuditLayer::new(state.audit.clone(), trusted_proxies)));
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
