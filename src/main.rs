@@ -174,6 +174,6 @@ async fn shutdown_signal() {
 
 /// One clear line on stderr and a non-zero exit.
 fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("audit-alert: error: {error}");
+    eprintln!("audit-alert: error: {error:#}");
     ExitCode::from(code)
 }

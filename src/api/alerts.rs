@@ -121,6 +121,8 @@ pub(super) const AUDIT: &[Audit] = &[
 impl AlertsApi {
     /// Alert history, newest first, with filters and paging
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(path = "/api/alerts", method = "get", operation_id = "alert_list")]
     async fn list(
         &self,
@@ -185,6 +187,8 @@ impl AlertsApi {
     }
 
     /// One alert with its recipients, attempts and last error
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(path = "/api/alerts/:id", method = "get", operation_id = "alert_get")]
     async fn get(
         &self,
@@ -204,6 +208,8 @@ impl AlertsApi {
     }
 
     /// Send a failed or suppressed alert again, to every active recipient
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/alerts/:id/resend",
         method = "post",

@@ -94,6 +94,8 @@ fn to_entry(r: &Row) -> AuditLogEntry {
 impl AuditLogsApi {
     /// The operation audit log, newest first, with filters and paging
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// Requires the auditor or admin role.
     #[oai(
         path = "/api/audit-logs",
         method = "get",
@@ -180,6 +182,8 @@ impl AuditLogsApi {
     }
 
     /// One audit-log entry
+    ///
+    /// Requires the auditor or admin role.
     #[oai(
         path = "/api/audit-logs/:audit_id",
         method = "get",

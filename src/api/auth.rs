@@ -190,6 +190,8 @@ pub(super) const AUDIT: &[Audit] = &[
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Who the token belongs to
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(path = "/api/auth/me", method = "get", operation_id = "auth_me")]
     async fn me(&self, auth: ViewerAuth) -> ApiResult<Json<Me>> {
         let p = auth.0;
@@ -202,6 +204,8 @@ impl AuthApi {
     }
 
     /// Create a token (shown once)
+    ///
+    /// Requires the admin role.
     #[oai(
         path = "/api/auth/tokens",
         method = "post",
@@ -241,6 +245,8 @@ impl AuthApi {
     }
 
     /// List tokens (never their secrets)
+    ///
+    /// Requires the admin role.
     #[oai(path = "/api/auth/tokens", method = "get", operation_id = "token_list")]
     async fn list(
         &self,
@@ -291,6 +297,8 @@ impl AuthApi {
     }
 
     /// Revoke a token (takes effect on every copy at once)
+    ///
+    /// Requires the admin role.
     #[oai(
         path = "/api/auth/tokens/:id",
         method = "delete",

@@ -218,6 +218,8 @@ pub(super) const AUDIT: &[Audit] = &[
 #[OpenApi(tag = "ApiTags::Monitor")]
 impl MonitorApi {
     /// Resume delivery on every running copy; alerts that waited go out now
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/monitor/start",
         method = "post",
@@ -232,6 +234,8 @@ impl MonitorApi {
     }
 
     /// Pause delivery on every running copy; new alerts are kept and wait
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/monitor/stop",
         method = "post",
@@ -246,6 +250,8 @@ impl MonitorApi {
     }
 
     /// Resume delivery and make every copy reload its configuration and sweep
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/monitor/restart",
         method = "post",
@@ -266,6 +272,8 @@ impl MonitorApi {
     }
 
     /// Worker status: switches, this copy, listener, sweep and queue
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/monitor/status",
         method = "get",
@@ -280,6 +288,8 @@ impl MonitorApi {
     }
 
     /// Set the fallback sweep interval in minutes (1-60); takes effect at once
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/monitor/interval/:minutes",
         method = "put",
@@ -297,6 +307,8 @@ impl MonitorApi {
     }
 
     /// The newest log lines of this copy (1-1000, default 100)
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/monitor/logs",
         method = "get",
@@ -313,6 +325,8 @@ impl MonitorApi {
     }
 
     /// Health of this copy: database reachable, listener connected
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/monitor/health",
         method = "get",

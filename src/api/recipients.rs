@@ -174,6 +174,8 @@ impl Masked for RecipientInput {
 #[OpenApi(tag = "ApiTags::Recipients")]
 impl RecipientsApi {
     /// Add a recipient
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/recipients",
         method = "post",
@@ -190,6 +192,8 @@ impl RecipientsApi {
     }
 
     /// List recipients, optionally of one table or by active flag
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/config/recipients",
         method = "get",
@@ -241,6 +245,8 @@ impl RecipientsApi {
     }
 
     /// Get one recipient
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/config/recipients/:id",
         method = "get",
@@ -264,6 +270,8 @@ impl RecipientsApi {
     }
 
     /// Replace a recipient
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/recipients/:id",
         method = "put",
@@ -300,6 +308,8 @@ impl RecipientsApi {
     }
 
     /// Delete a recipient
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/recipients/:id",
         method = "delete",
@@ -322,6 +332,8 @@ impl RecipientsApi {
     }
 
     /// Add several recipients at once: all of them, or none when one is invalid
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/recipients/batch",
         method = "post",
@@ -344,6 +356,8 @@ impl RecipientsApi {
     }
 
     /// Delete several recipients at once: all of them, or none when one does not exist
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/recipients/batch-delete",
         method = "post",

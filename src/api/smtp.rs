@@ -203,6 +203,8 @@ pub(super) const AUDIT: &[Audit] = &[
 #[OpenApi(tag = "ApiTags::Smtp")]
 impl SmtpApi {
     /// Add an SMTP configuration
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/smtp",
         method = "post",
@@ -254,6 +256,8 @@ impl SmtpApi {
     }
 
     /// List SMTP configurations
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(path = "/api/config/smtp", method = "get", operation_id = "smtp_list")]
     async fn list(
         &self,
@@ -293,6 +297,8 @@ impl SmtpApi {
     }
 
     /// Get one SMTP configuration
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/config/smtp/:id",
         method = "get",
@@ -316,6 +322,8 @@ impl SmtpApi {
     }
 
     /// Replace an SMTP configuration
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/smtp/:id",
         method = "put",
@@ -375,6 +383,8 @@ impl SmtpApi {
     }
 
     /// Delete an SMTP configuration
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/smtp/:id",
         method = "delete",
@@ -397,6 +407,8 @@ impl SmtpApi {
     }
 
     /// Make this the active SMTP configuration (the others are deactivated at once)
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/smtp/:id/activate",
         method = "post",
@@ -430,6 +442,8 @@ impl SmtpApi {
     }
 
     /// Send a test mail with this configuration and report what the server said
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/smtp/:id/test",
         method = "post",

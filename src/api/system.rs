@@ -98,6 +98,8 @@ pub(super) const AUDIT: &[Audit] = &[
 #[OpenApi(tag = "ApiTags::System")]
 impl SystemApi {
     /// List every setting with its value, type and meaning
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/config/system",
         method = "get",
@@ -127,6 +129,8 @@ impl SystemApi {
     }
 
     /// Change one setting (takes effect on every running copy)
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/system/:key",
         method = "put",
@@ -139,6 +143,9 @@ impl SystemApi {
         key: Path<String>,
         body: Json<SettingValue>,
     ) -> ApiResult<Json<SystemSetting>> {
-        store(&state, &key.0, &body.value).await.map(Json)
+        let stored = store(&state, &key.0, &body.value).await?;
+        // This copy applies it before answering; the others within moments.
+        state.worker.reload().await?;
+        Ok(Json(stored))
     }
 }

@@ -132,6 +132,8 @@ pub(super) const AUDIT: &[Audit] = &[
 #[OpenApi(tag = "ApiTags::Tables")]
 impl TablesApi {
     /// List watched tables
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/config/tables",
         method = "get",
@@ -176,6 +178,8 @@ impl TablesApi {
 
     /// Watch a table: checks it and its columns, installs the triggers, and
     /// records the flagged rows already present as baseline (or backfills them)
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/tables",
         method = "post",
@@ -211,6 +215,8 @@ impl TablesApi {
     }
 
     /// Change how a watched table is watched (re-installs its triggers)
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/tables/:table_name",
         method = "put",
@@ -242,6 +248,8 @@ impl TablesApi {
     }
 
     /// Stop watching a table: removes its triggers; its alert history stays
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/tables/:table_name",
         method = "delete",

@@ -179,6 +179,8 @@ pub(super) const AUDIT: &[Audit] = &[
 #[OpenApi(tag = "ApiTags::Tables")]
 impl TemplatesApi {
     /// The templates a table's alerts use
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
     #[oai(
         path = "/api/config/tables/:table_name/template",
         method = "get",
@@ -194,6 +196,8 @@ impl TemplatesApi {
     }
 
     /// Replace a table's templates; refused (naming the template) when one does not compile
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/tables/:table_name/template",
         method = "put",
@@ -222,6 +226,8 @@ impl TemplatesApi {
     }
 
     /// Go back to the built-in templates
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/tables/:table_name/template",
         method = "delete",
@@ -246,6 +252,8 @@ impl TemplatesApi {
     }
 
     /// Render a table's templates (or the given ones) for a record
+    ///
+    /// Requires the operator or admin role.
     #[oai(
         path = "/api/config/tables/:table_name/template/preview",
         method = "post",

@@ -740,3 +740,149 @@ async fn templates_are_replaced_previewed_and_used() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_remaining_endpoint_answers_its_success_path() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    let app = db.start().await;
+    let api = client(&app);
+
+    // System settings: listed with types and ranges, one changed.
+    let settings = api.system_list().await.unwrap().into_inner();
+    let interval = settings.iter().find(|s| s.key == "check_interval").unwrap();
+    assert_eq!((interval.minimum, interval.maximum), (Some(1), Some(60)));
+    let changed = api
+        .system_update(
+            "digest_max_records",
+            &types::SettingValue {
+                value: "50".try_into().unwrap(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.value, "50");
+    assert_eq!(app.worker().snapshot().switches.digest_max_records, 50);
+
+    // Single SMTP configuration and recipient reads and deletes.
+    let config = api
+        .smtp_create(&smtp_input(smtp.port))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        api.smtp_get(config.id)
+            .await
+            .unwrap()
+            .into_inner()
+            .smtp_port,
+        smtp.port
+    );
+    let r = api
+        .recipient_create(&types::RecipientInput {
+            table_name: "audit_results".try_into().unwrap(),
+            email: "one@example.com".try_into().unwrap(),
+            name: None,
+            is_active: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        api.recipient_get(r.id).await.unwrap().into_inner().email,
+        "one@example.com"
+    );
+    assert_eq!(
+        api.recipient_delete(r.id)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted,
+        1
+    );
+    assert_eq!(
+        api.recipient_get(r.id)
+            .await
+            .unwrap_err()
+            .status()
+            .map(|s| s.as_u16()),
+        Some(404)
+    );
+
+    // Monitor: restart, logs, health; tables: update; alerts: unfiltered page.
+    let restarted = api.monitor_restart().await.unwrap().into_inner();
+    assert!(restarted.config.monitor_enabled);
+    api.monitor_logs(None).await.unwrap();
+    assert_eq!(
+        api.monitor_health().await.unwrap().into_inner().status,
+        "ok"
+    );
+    let updated = api
+        .table_update(
+            "image_audit_results",
+            &types::WatchInput {
+                table_name: "image_audit_results".try_into().unwrap(),
+                id_column: None,
+                verdict_column: Some("audit_result".try_into().unwrap()),
+                alert_verdicts: vec!["不合格".to_owned()],
+                backfill: None,
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.table.alert_verdicts, ["不合格"]);
+    let tables = api
+        .table_list(
+            Some(NonZeroU32::new(1).unwrap()),
+            Some(NonZeroU32::new(1).unwrap()),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tables.total, tables.items.len()), (2, 1));
+    let alerts = api
+        .alert_list(None, None, None, None, None, None, None)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alerts.total, 0);
+    let preview = api
+        .template_preview(
+            "audit_results",
+            &types::PreviewRequest {
+                record_id: None,
+                template: None,
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        preview.subject.contains("audit_results"),
+        "a sample row is rendered"
+    );
+
+    // The docs page and the spec are public and self-contained.
+    let docs = reqwest::get(format!("http://{}/docs", app.addr()))
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger"));
+    for outside in ["src=\"http", "href=\"http", "@import url(http"] {
+        assert!(
+            !html.contains(outside),
+            "the docs load {outside}…: they must work without the internet"
+        );
+    }
+    let spec = reqwest::get(format!("http://{}/openapi.json", app.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(spec, audit_alert::api::spec_json());
+    app.stop().await;
+}
