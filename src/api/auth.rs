@@ -12,7 +12,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi, SecurityScheme};
 
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, ApiTags, AppState, Deleted, Page};
+use super::{default_page, default_page_size, table_page, ApiTags, AppState, Deleted, Page};
 use crate::audit_log::Audit;
 use crate::auth::{self, AuthError, Principal, Role};
 
@@ -265,23 +265,10 @@ impl AuthApi {
         )]
         page_size: Query<u32>,
     ) -> ApiResult<Json<Page<TokenInfo>>> {
-        let (limit, offset) = Page::<TokenInfo>::window(page.0, page_size.0);
-        let client = state.pool.get().await?;
-        let total: i64 = client
-            .query_one("SELECT count(*) FROM api_tokens", &[])
-            .await?
-            .get(0);
-        let rows = client
-            .query(
-                "SELECT id, operator_id, org_id, role, description, created_at, expires_at,
-                        last_used_at, revoked_at
-                   FROM api_tokens ORDER BY id LIMIT $1 OFFSET $2",
-                &[&limit, &offset],
-            )
-            .await?;
-        let items = rows
-            .iter()
-            .map(|r| TokenInfo {
+        let columns = "id, operator_id, org_id, role, description, created_at, expires_at,
+                       last_used_at, revoked_at";
+        table_page(&state, "api_tokens", columns, page.0, page_size.0, |r| {
+            TokenInfo {
                 id: r.get(0),
                 operator_id: r.get(1),
                 org_id: r.get(2),
@@ -291,9 +278,10 @@ impl AuthApi {
                 expires_at: r.get(6),
                 last_used_at: r.get(7),
                 revoked_at: r.get(8),
-            })
-            .collect();
-        Ok(Json(Page::new(items, total, page.0, page_size.0)))
+            }
+        })
+        .await
+        .map(Json)
     }
 
     /// Revoke a token (takes effect on every copy at once)

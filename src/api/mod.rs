@@ -107,6 +107,36 @@ impl<T: ParseFromJSON + ToJSON> Page<T> {
     }
 }
 
+/// One page of a whole table, ordered by `id`: `columns` and `table` are
+/// trusted SQL from this crate, `map` turns a row into an item.
+pub(crate) async fn table_page<T: ParseFromJSON + ToJSON>(
+    state: &AppState,
+    table: &str,
+    columns: &str,
+    page: u32,
+    page_size: u32,
+    map: impl Fn(&tokio_postgres::Row) -> T,
+) -> ApiResult<Page<T>> {
+    let (limit, offset) = Page::<T>::window(page, page_size);
+    let client = state.pool.get().await?;
+    let total: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            &format!("SELECT {columns} FROM {table} ORDER BY id LIMIT $1 OFFSET $2"),
+            &[&limit, &offset],
+        )
+        .await?;
+    Ok(Page::new(
+        rows.iter().map(map).collect(),
+        total,
+        page,
+        page_size,
+    ))
+}
+
 pub(crate) fn default_page() -> u32 {
     1
 }

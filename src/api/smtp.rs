@@ -11,7 +11,9 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
+use super::{
+    default_page, default_page_size, parse_email, table_page, ApiTags, AppState, Deleted, Page,
+};
 use crate::audit_log::Audit;
 use crate::crypto::KEY_HINT;
 use crate::mail::transport::{FailureKind, Security};
@@ -276,24 +278,16 @@ impl SmtpApi {
         )]
         page_size: Query<u32>,
     ) -> ApiResult<Json<Page<SmtpConfig>>> {
-        let (limit, offset) = Page::<SmtpConfig>::window(page.0, page_size.0);
-        let client = state.pool.get().await?;
-        let total: i64 = client
-            .query_one("SELECT count(*) FROM smtp_config", &[])
-            .await?
-            .get(0);
-        let rows = client
-            .query(
-                &format!("SELECT {COLUMNS} FROM smtp_config ORDER BY id LIMIT $1 OFFSET $2"),
-                &[&limit, &offset],
-            )
-            .await?;
-        Ok(Json(Page::new(
-            rows.iter().map(to_config).collect(),
-            total,
+        table_page(
+            &state,
+            "smtp_config",
+            COLUMNS,
             page.0,
             page_size.0,
-        )))
+            to_config,
+        )
+        .await
+        .map(Json)
     }
 
     /// Get one SMTP configuration

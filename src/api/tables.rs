@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, ApiTags, AppState, Deleted, Page};
+use super::{default_page, default_page_size, table_page, ApiTags, AppState, Deleted, Page};
 use crate::audit_log::Audit;
 use crate::monitor::tables::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
 
@@ -156,24 +156,16 @@ impl TablesApi {
         )]
         page_size: Query<u32>,
     ) -> ApiResult<Json<Page<WatchedTable>>> {
-        let (limit, offset) = Page::<WatchedTable>::window(page.0, page_size.0);
-        let client = state.pool.get().await?;
-        let total: i64 = client
-            .query_one("SELECT count(*) FROM watched_tables", &[])
-            .await?
-            .get(0);
-        let rows = client
-            .query(
-                &format!("SELECT {COLUMNS} FROM watched_tables ORDER BY id LIMIT $1 OFFSET $2"),
-                &[&limit, &offset],
-            )
-            .await?;
-        Ok(Json(Page::new(
-            rows.iter().map(to_table).collect(),
-            total,
+        table_page(
+            &state,
+            "watched_tables",
+            COLUMNS,
             page.0,
             page_size.0,
-        )))
+            to_table,
+        )
+        .await
+        .map(Json)
     }
 
     /// Watch a table: checks it and its columns, installs the triggers, and
