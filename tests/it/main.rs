@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod client;
 mod helpers;
+mod outage;
 mod pipeline;
 mod startup;
 mod upgrade;
