@@ -130,7 +130,7 @@ impl DeliveryError {
     fn from_smtp(e: SmtpError) -> Self {
         let detail = describe_smtp_error(&e);
         let code = e.status().map(|c| c.to_string());
-        let kind = if e.is_tls() {
+        let kind = if e.is_tls() || is_tls_failure(&e) {
             FailureKind::Tls
         } else if e.is_timeout() {
             FailureKind::Timeout
@@ -158,11 +158,33 @@ pub fn describe_smtp_error(e: &SmtpError) -> String {
     let mut words = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        words.push_str(": ");
-        words.push_str(&cause.to_string());
+        let text = cause.to_string();
+        // lettre's messages often repeat their cause already.
+        if !words.contains(&text) {
+            words.push_str(": ");
+            words.push_str(&text);
+        }
         source = cause.source();
     }
     words
+}
+
+/// A TLS handshake or certificate failure that lettre reports as a
+/// connection error (implicit TLS).
+fn is_tls_failure(e: &SmtpError) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let io_inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        if cause.is::<rustls::Error>() || io_inner {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A bounded pool of SMTP connections to one configured server.

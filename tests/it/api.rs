@@ -886,3 +886,49 @@ async fn every_remaining_endpoint_answers_its_success_path() {
     assert_eq!(spec, audit_alert::api::spec_json());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_smtp_test_names_what_went_wrong() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
+    let app = db.start().await;
+    let api = client(&app);
+    let plain = api
+        .smtp_create(&smtp_input(smtp.port))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tls = smtp_input(smtp.port);
+    tls.security = Some(types::SmtpSecurity::Tls);
+    tls.smtp_server = "localhost".try_into().unwrap();
+    let tls = api.smtp_create(&tls).await.unwrap().into_inner();
+    let test = |id, to: &str| {
+        let api = &api;
+        let to = to.to_owned();
+        async move {
+            api.smtp_test(id, &types::SmtpTestRequest { to })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+
+    let rejected = test(plain.id, "gone@example.com").await;
+    assert_eq!(
+        rejected.outcome,
+        types::SmtpTestOutcome::RecipientRejected,
+        "{}",
+        rejected.detail
+    );
+    assert!(rejected.detail.contains("550"), "{}", rejected.detail);
+    let handshake = test(tls.id, "ops@example.com").await;
+    assert!(!handshake.success);
+    assert_eq!(
+        handshake.outcome,
+        types::SmtpTestOutcome::TlsFailed,
+        "{}",
+        handshake.detail
+    );
+    assert!(smtp.received().is_empty());
+    app.stop().await;
+}
