@@ -93,6 +93,7 @@ impl App {
                     config.admin_token.as_ref(),
                 )),
                 audit: audit.clone(),
+                http_requests: Default::default(),
             },
             &config.cors_origins,
             config.trusted_proxies.clone(),

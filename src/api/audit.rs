@@ -143,6 +143,9 @@ pub async fn gate<E: Endpoint>(
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default();
     let ip = layer.client_ip(&req);
+    let http_requests = req
+        .data::<super::AppState>()
+        .map(|s| s.http_requests.clone());
     // The operation's security checker fills this in when the token is valid.
     let slot = PrincipalSlot::default();
     req.set_data(slot.clone());
@@ -153,6 +156,14 @@ pub async fn gate<E: Endpoint>(
     let principal = slot.take();
     let status = response.status();
     let operation = response.data::<OperationId>().copied();
+    if let (Some(op), Some(requests)) = (operation, &http_requests) {
+        requests
+            .get_or_create(&vec![
+                ("operation", op.0.to_owned()),
+                ("status", status.as_u16().to_string()),
+            ])
+            .inc();
+    }
     let Some(audit) = operation.and_then(|op| layer.declarations.get(op.0)) else {
         // No operation matched (unknown path or method): nothing was done.
         return Ok(response);

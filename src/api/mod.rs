@@ -7,6 +7,7 @@ mod audit_logs;
 mod auth;
 mod error;
 mod health;
+mod metrics;
 mod monitor;
 mod recipients;
 mod smtp;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub secrets: Option<SecretBox>,
     pub auth: auth::Authenticator,
     pub audit: AuditQueue,
+    /// API calls by operation and status, for `/metrics`.
+    pub http_requests: metrics::HttpRequests,
 }
 
 /// Every operation's audit declaration.
@@ -245,6 +248,7 @@ pub fn routes(
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
+        .at("/metrics", poem::get(metrics::metrics))
         .nest("/docs", docs)
         .around(path_param_names)
         .catch_all_error(error::into_problem)

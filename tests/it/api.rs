@@ -932,3 +932,44 @@ async fn the_smtp_test_names_what_went_wrong() {
     assert!(smtp.received().is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_are_public_and_in_prometheus_format() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let app = db.start().await;
+    insert_audit_rows(&db.client().await, 2, "不合格").await;
+    smtp.wait_for_records(2).await;
+    client(&app).monitor_status().await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let text = loop {
+        let text = reqwest::get(format!("http://{}/metrics", app.addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(r#"audit_alert_alerts{status="sent"} 2"#)
+            && text.contains("audit_alert_audit_entries_written_total 1")
+        {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed the work: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for line in [
+        r#"audit_alert_deliveries_total{outcome="sent"} 2"#,
+        "audit_alert_listener_connected 1",
+        "audit_alert_audit_entries_dropped_total 0",
+        r#"audit_alert_http_requests_total{operation="monitor_status",status="200"} 1"#,
+        "audit_alert_audit_queue_depth 0",
+    ] {
+        assert!(text.contains(line), "missing {line} in:\n{text}");
+    }
+    app.stop().await;
+}
