@@ -66,7 +66,7 @@ pub struct Alert {
     pub status: AlertStatus,
     /// Delivery attempts so far.
     pub attempts: i32,
-    /// The last error, when there was one.
+    /// The last error of any attempt, kept after a later attempt succeeded.
     #[oai(skip_serializing_if_is_none)]
     pub last_error: Option<String>,
     /// When a pending alert is due (or a sending one's lease ends).

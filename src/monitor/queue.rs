@@ -150,7 +150,7 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
                 SET status = $3::text,
                     delivered_to = $4::text[],
                     failed_recipients = e.failed_recipients || $5::jsonb,
-                    error_message = $6::text,
+                    error_message = COALESCE($6::text, e.error_message),
                     message_id = COALESCE($7::text, e.message_id),
                     sent_at = CASE WHEN $3::text = 'sent' THEN now() ELSE e.sent_at END,
                     next_attempt_at = now() + make_interval(secs => $8::bigint / 1000.0),

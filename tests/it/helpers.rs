@@ -158,12 +158,21 @@ struct Recorder {
     inbox: Arc<Mutex<Inbox>>,
     count: Arc<Option<watch::Sender<usize>>>,
     rejected: Arc<Vec<String>>,
+    /// RCPTs still to be answered 451 (try again later).
+    transient: Arc<std::sync::atomic::AtomicUsize>,
     to: Vec<String>,
     data: Vec<u8>,
 }
 
 impl Handler for Recorder {
     fn rcpt(&mut self, to: &str) -> Response {
+        use std::sync::atomic::Ordering;
+        let transient = self
+            .transient
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if transient.is_ok() {
+            return response::INTERNAL_ERROR;
+        }
         if self.rejected.iter().any(|r| r.eq_ignore_ascii_case(to)) {
             response::NO_MAILBOX
         } else {
@@ -232,6 +241,7 @@ impl Handler for Recorder {
 pub struct SmtpServer {
     pub port: u16,
     inbox: Arc<Mutex<Inbox>>,
+    transient: Arc<std::sync::atomic::AtomicUsize>,
     count: watch::Receiver<usize>,
 }
 
@@ -250,6 +260,15 @@ impl SmtpServer {
         Self::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), &[])
     }
 
+    /// A server that answers the first `n` RCPTs with 451, then accepts.
+    pub fn flaky(n: usize) -> Self {
+        let server = Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), &[]);
+        server
+            .transient
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+        server
+    }
+
     fn start_on(listener: TcpListener, rejected: &[&str]) -> Self {
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = watch::channel(0);
@@ -259,6 +278,7 @@ impl SmtpServer {
             ..Default::default()
         };
         let inbox = recorder.inbox.clone();
+        let transient = recorder.transient.clone();
         let mut server = Server::new(recorder);
         server
             .with_name("mail.test")
@@ -271,6 +291,7 @@ impl SmtpServer {
             port,
             inbox,
             count: rx,
+            transient,
         }
     }
 
