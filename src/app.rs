@@ -61,7 +61,13 @@ impl App {
         if let Some(secrets) = &secrets {
             encrypt_legacy_passwords(&pool, secrets).await?;
         }
-        let worker = Worker::new(pool.clone(), db_config, secrets.clone()).await?;
+        let worker = Worker::new(
+            pool.clone(),
+            db_config,
+            secrets.clone(),
+            config.smtp_pool_size,
+        )
+        .await?;
         let acceptor = TcpListener::bind(config.api_addr)
             .into_acceptor()
             .await

@@ -34,6 +34,8 @@ pub struct Config {
     pub database: tokio_postgres::Config,
     /// Largest number of pooled database connections.
     pub db_pool_size: usize,
+    /// Most SMTP connections open at once (`SMTP_POOL_SIZE`).
+    pub smtp_pool_size: u32,
     pub api_addr: SocketAddr,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
@@ -101,9 +103,24 @@ impl Config {
                 }
             },
         };
+        let smtp_pool_size = match get("SMTP_POOL_SIZE") {
+            None => 8,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=256).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "SMTP_POOL_SIZE",
+                        format!("'{v}' is not a whole number from 1 to 256"),
+                    )
+                })?,
+        };
         Ok(Self {
             database,
             db_pool_size,
+            smtp_pool_size,
             api_addr: SocketAddr::new(host, port),
             log_level: get("LOG_LEVEL")
                 .or_else(|| get("RUST_LOG"))

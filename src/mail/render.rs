@@ -268,6 +268,19 @@ mod tests {
         assert!(mail.html.contains("#f29900"));
     }
 
+    proptest::proptest! {
+        /// Any template text either compiles or is refused; any row renders.
+        #[test]
+        fn rendering_never_panics(source in "\\PC{0,80}", key in "\\PC{0,10}", value in "\\PC{0,40}", n in proptest::num::i64::ANY) {
+            if let Ok(r) = Renderer::new(&source, &source, &source) {
+                let _ = r.render("t", &[record("1", &value, json!({ key.clone(): value.clone(), "n": n }))]);
+            }
+            let built_in = Renderer::default_templates();
+            let mail = built_in.render(&key, &[record(&value, &value, json!({ key.clone(): value, "n": n }))]);
+            proptest::prop_assert!(mail.is_ok());
+        }
+    }
+
     #[test]
     fn broken_template_is_rejected_by_name() {
         let e = Renderer::new("{{#if}}", "x", "y").err().unwrap();

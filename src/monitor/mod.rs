@@ -41,8 +41,6 @@ const PARALLEL_DIGESTS: usize = 4;
 /// Dispatch loops per copy: under a burst one claims and records while
 /// another renders and sends.
 const DELIVERY_LANES: usize = 2;
-/// Pooled SMTP connections per worker.
-const SMTP_POOL_SIZE: u32 = 8;
 
 /// Cheap to clone; every task holds one.
 #[derive(Clone)]
@@ -51,6 +49,8 @@ pub struct Worker(Arc<Inner>);
 struct Inner {
     pool: Pool,
     secrets: Option<SecretBox>,
+    /// Most SMTP connections this copy opens at once.
+    smtp_pool_size: u32,
     db_config: tokio_postgres::Config,
     /// Names this copy in leases (`locked_by`).
     id: String,
@@ -74,10 +74,12 @@ impl Worker {
         pool: Pool,
         db_config: tokio_postgres::Config,
         secrets: Option<SecretBox>,
+        smtp_pool_size: u32,
     ) -> anyhow::Result<Self> {
         let worker = Self(Arc::new(Inner {
             pool,
             secrets,
+            smtp_pool_size,
             db_config,
             id: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             snapshot: RwLock::default(),
@@ -150,7 +152,11 @@ impl Worker {
             *mailer = match &snapshot.smtp {
                 None => None,
                 Some(settings) => {
-                    match Mailer::reuse_or_new(mailer.as_ref(), settings.clone(), SMTP_POOL_SIZE) {
+                    match Mailer::reuse_or_new(
+                        mailer.as_ref(),
+                        settings.clone(),
+                        self.0.smtp_pool_size,
+                    ) {
                         Ok(m) => Some(m),
                         Err(e) => {
                             tracing::error!(smtp_config = settings.id, error = %e, "unusable SMTP configuration");
