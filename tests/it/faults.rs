@@ -209,3 +209,36 @@ async fn three_copies_one_killed_mid_burst_mail_every_record() {
     // Only what the killed copy had in flight may repeat: one claim (4 digests of 20).
     assert!(duplicates <= 80, "{duplicates} duplicates");
 }
+
+#[tokio::test]
+async fn slow_and_broken_clients_do_not_hold_up_others() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new().await;
+    let app = db.start().await;
+    // Fifty clients that send half a request and then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+        s.write_all(
+            b"POST /api/config/smtp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"sm",
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    // Garbage that is not HTTP at all.
+    let mut junk = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    junk.write_all(&[0xff, 0x00, 0x13, 0x37, b'\r', b'\n', b'\r', b'\n'])
+        .await
+        .unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/api/monitor/status", app.addr()))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(stalled);
+    app.stop().await;
+}
