@@ -1,5 +1,6 @@
-//! Audit-log benchmarks: enqueue cost on the request path, writer throughput,
-//! and API throughput with auditing on and off (wrk in a second process).
+//! API and audit-log benchmarks: enqueue cost on the request path, writer
+//! throughput, and req/s and p99 of a read and a write call with auditing on
+//! and off (wrk in a second process; medians of three alternated runs).
 //!
 //! ```sh
 //! cargo bench --bench audit
@@ -43,23 +44,42 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Requests per second wrk measured, or None when wrk is missing.
-fn wrk(url: &str, token: &str, seconds: u32) -> Option<f64> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c32",
-            &format!("-d{seconds}s"),
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            url,
-        ])
-        .output()
-        .ok()?;
+/// Requests per second and p99 latency (ms) wrk measured, or None when wrk is missing.
+fn wrk(url: &str, token: &str, seconds: u32, script: Option<&str>) -> Option<(f64, f64)> {
+    let mut args = vec![
+        "-t2".to_owned(),
+        "-c32".to_owned(),
+        format!("-d{seconds}s"),
+        "--latency".to_owned(),
+        "-H".to_owned(),
+        format!("Authorization: Bearer {token}"),
+    ];
+    if let Some(s) = script {
+        args.push("-s".into());
+        args.push(s.into());
+    }
+    args.push(url.into());
+    let out = Command::new("wrk").args(&args).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let rps = text
+        .lines()
         .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())?;
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|v| {
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.parse().unwrap_or(f64::NAN);
+            match unit {
+                "us" => n / 1e3,
+                "s" => n * 1e3,
+                _ => n,
+            }
+        })
+        .unwrap_or(f64::NAN);
+    Some((rps, p99))
 }
 
 #[tokio::main]
@@ -119,48 +139,62 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let mut on = Vec::new();
-    let mut off = Vec::new();
-    for round in 0..6 {
-        let audited = round % 2 == 0;
-        let mut config = db.config_with(&[("LOG_LEVEL", "warn")]);
-        config.audit_enabled = audited;
-        let app = audit_alert::app::App::start(&config).await.unwrap();
-        let url = format!("http://{}/api/config/recipients", app.addr());
-        let Some(rps) = wrk(&url, ADMIN_TOKEN, seconds) else {
-            rows.push((
-                "API throughput".into(),
-                "skipped: wrk is not installed".into(),
-            ));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/put_setting.lua");
+    let calls = [
+        ("GET /api/config/recipients", "/api/config/recipients", None),
+        (
+            "PUT /api/config/system/email_enabled",
+            "/api/config/system/email_enabled",
+            Some(script),
+        ),
+    ];
+    for (label, path, script) in calls {
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        for round in 0..6 {
+            let audited = round % 2 == 0;
+            let mut config = db.config_with(&[("LOG_LEVEL", "warn")]);
+            config.audit_enabled = audited;
+            let app = audit_alert::app::App::start(&config).await.unwrap();
+            let url = format!("http://{}{path}", app.addr());
+            let measured = wrk(&url, ADMIN_TOKEN, seconds, script);
             app.stop().await;
-            break;
-        };
-        if audited {
-            on.push(rps)
-        } else {
-            off.push(rps)
+            let Some(m) = measured else {
+                rows.push((
+                    "API throughput".into(),
+                    "skipped: wrk is not installed".into(),
+                ));
+                break;
+            };
+            if audited {
+                on.push(m)
+            } else {
+                off.push(m)
+            }
         }
-        app.stop().await;
-    }
-    if !on.is_empty() {
-        on.sort_by(f64::total_cmp);
-        off.sort_by(f64::total_cmp);
-        let (m_on, m_off) = (percentile(&on, 0.5), percentile(&off, 0.5));
+        if on.is_empty() || off.is_empty() {
+            continue;
+        }
+        let median = |v: &mut Vec<(f64, f64)>| {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v[v.len() / 2]
+        };
+        let (m_on, m_off) = (median(&mut on), median(&mut off));
         rows.push((
-            "GET /api/config/recipients, auditing on (median of 3)".into(),
-            format!("{m_on:.0} req/s"),
+            format!("{label}, auditing on: req/s, p99"),
+            format!("{:.0}, {:.2} ms", m_on.0, m_on.1),
         ));
         rows.push((
-            "GET /api/config/recipients, auditing off (median of 3)".into(),
-            format!("{m_off:.0} req/s"),
+            format!("{label}, auditing off: req/s, p99"),
+            format!("{:.0}, {:.2} ms", m_off.0, m_off.1),
         ));
         rows.push((
-            "throughput with auditing / without".into(),
-            format!("{:.1} %", m_on / m_off * 100.0),
+            format!("{label}: with auditing / without"),
+            format!("{:.1} %", m_on.0 / m_off.0 * 100.0),
         ));
         results.insert(
-            "api_rps".into(),
-            json!({"audit_on": m_on, "audit_off": m_off, "ratio": m_on / m_off}),
+            label.to_owned(),
+            json!({"audit_on_rps": m_on.0, "audit_on_p99_ms": m_on.1, "audit_off_rps": m_off.0, "audit_off_p99_ms": m_off.1, "ratio": m_on.0 / m_off.0}),
         );
     }
 

@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! cargo bench --bench pipeline
-//! BENCH_SWEEP_ROWS=1000000 cargo bench --bench pipeline   # a smaller sweep table
+//! BENCH_SWEEP_ROWS=100000 cargo bench --bench pipeline    # smaller sweep tables
 //! BENCH_ONLY=latency,burst cargo bench --bench pipeline    # some parts only
 //! ```
 
@@ -241,12 +241,29 @@ async fn trigger_overhead(
     }
 }
 
-/// An idle sweep on a large table: every flagged row already has its alert.
+/// An idle sweep on large tables (every flagged row already has its alert),
+/// at each size of `BENCH_SWEEP_ROWS` (comma-separated) to show how it grows.
 async fn sweep(
     results: &mut serde_json::Map<String, serde_json::Value>,
     rows: &mut Vec<(String, String)>,
 ) {
-    let n = env_num("BENCH_SWEEP_ROWS", 10_000_000) as i64;
+    let sizes = std::env::var("BENCH_SWEEP_ROWS").unwrap_or_else(|_| "1000000,10000000".into());
+    let mut figures = Vec::new();
+    for n in sizes
+        .split(',')
+        .filter_map(|s| s.trim().parse::<i64>().ok())
+    {
+        let (idle_ms, full_ms, setup) = sweep_table_of(n).await;
+        rows.push((
+            format!("idle sweep, {n} rows / {} flagged: median of 21", n / 10),
+            format!("{idle_ms:.2} ms (full comparison {full_ms:.0} ms; setup {setup:.0} s)"),
+        ));
+        figures.push(json!({"rows": n, "idle_ms": idle_ms, "full_ms": full_ms}));
+    }
+    results.insert("sweep".into(), json!(figures));
+}
+
+async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
     let db = TestDb::new().await;
     db.migrate().await;
     let client = db.client().await;
@@ -273,7 +290,7 @@ async fn sweep(
             .await
             .unwrap();
     }
-    let setup = t.elapsed();
+    let setup = t.elapsed().as_secs_f64();
     let pool = audit_alert::db::pool(&db.config().database, 2).unwrap();
     let snapshot = audit_alert::monitor::control::Snapshot::load(&pool, None)
         .await
@@ -292,22 +309,6 @@ async fn sweep(
     }
     let full = sweeper::sweep(&pool, &table, true).await.unwrap();
     assert_eq!(full.found, 0);
-    let idle_ms = median(idle);
-    rows.push((
-        format!("idle sweep, {n} rows / {} flagged: median of 21", n / 10),
-        format!("{idle_ms:.2} ms"),
-    ));
-    rows.push((
-        "full sweep (first after start) on the same table".into(),
-        format!("{:.0} ms", full.duration.as_secs_f64() * 1e3),
-    ));
-    rows.push((
-        "(sweep table setup time)".into(),
-        format!("{:.0} s", setup.as_secs_f64()),
-    ));
-    results.insert(
-        "sweep".into(),
-        json!({"rows": n, "idle_ms": idle_ms, "full_ms": full.duration.as_secs_f64() * 1e3}),
-    );
     pool.close();
+    (median(idle), full.duration.as_secs_f64() * 1e3, setup)
 }
