@@ -39,6 +39,8 @@ pub struct Config {
     pub api_addr: SocketAddr,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
+    /// `LOG_FORMAT=json` writes one JSON object per line, for collectors.
+    pub log_json: bool,
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
     /// Origins browsers may call the API from (`CORS_ALLOWED_ORIGINS`,
@@ -126,6 +128,16 @@ impl Config {
                 .or_else(|| get("RUST_LOG"))
                 .unwrap_or_else(|| "info".into()),
             log_file: get("LOG_FILE").map(PathBuf::from),
+            log_json: match get("LOG_FORMAT").as_deref().map(str::trim) {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "LOG_FORMAT",
+                        format!("'{other}' is not a log format (text or json)"),
+                    ))
+                }
+            },
             trusted_proxies: match get("TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(v) => v

@@ -1,4 +1,5 @@
-//! Logging: a tracing subscriber filtered by `LOG_LEVEL`, writing to stdout,
+//! Logging: a tracing subscriber filtered by `LOG_LEVEL`, as text or (with
+//! `LOG_FORMAT=json`) one JSON object per line, writing to stdout,
 //! to `LOG_FILE` when set, and to an in-memory ring of the newest lines that
 //! `GET /api/monitor/logs` reads.
 
@@ -87,24 +88,48 @@ pub fn init(config: &Config) -> Result<(), ConfigError> {
             format!("'{}' is not a log filter: {e}", config.log_level),
         )
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &config.log_file {
-        None => builder.with_writer(io::stdout.and(Ring)).init(),
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
+    let file = match &config.log_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| {
                     ConfigError::new("LOG_FILE", format!("cannot open {}: {e}", path.display()))
-                })?;
-            builder
-                .with_ansi(false)
-                .with_writer(io::stdout.and(Ring).and(Mutex::new(file)))
-                .init()
-        }
+                })?,
+        ),
+    };
+    let ansi = file.is_none() && !config.log_json;
+    let writer = io::stdout.and(Ring).and(OptionalFile(file.map(Mutex::new)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    if config.log_json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
     }
     Ok(())
+}
+
+/// The log file, when there is one.
+struct OptionalFile(Option<Mutex<std::fs::File>>);
+
+impl<'a> MakeWriter<'a> for OptionalFile {
+    type Writer = Box<dyn io::Write + 'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match &self.0 {
+            Some(file) => Box::new(file.make_writer()),
+            None => Box::new(io::sink()),
+        }
+    }
 }
 
 #[cfg(test)]

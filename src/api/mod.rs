@@ -17,7 +17,7 @@ mod templates;
 
 use deadpool_postgres::Pool;
 use lettre::Address;
-use poem::middleware::{Cors, Tracing};
+use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use poem_openapi::{Object, OpenApiService, Tags};
@@ -208,6 +208,41 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
+/// Runs each request in a span carrying a request id (the caller's
+/// `X-Request-Id` when it sends a sane one), so every log line of the request
+/// names it; the id is echoed in the response.
+async fn request_span<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    use tracing::Instrument;
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    async move {
+        let started = std::time::Instant::now();
+        let mut response = next.call(req).await?.into_response();
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        if let Ok(value) = id.parse() {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}
+
 /// Names the path parameter of a parse error (see [`name_path_param`]).
 async fn path_param_names<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let path = req.uri().path().to_owned();
@@ -258,5 +293,5 @@ pub fn routes(
             !cors_origins.is_empty(),
             Cors::new().allow_origins(cors_origins.iter().map(String::as_str)),
         )
-        .with(Tracing)
+        .around(request_span)
 }

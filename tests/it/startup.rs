@@ -42,6 +42,9 @@ fn bad_configuration_is_one_clear_line_and_a_nonzero_exit() {
         (&[("DATABASE_URL", "mysql:/nope")], "DATABASE_URL", 2),
         (&[("DB_PORT", "0")], "DB_PORT", 2),
         (&[("LOG_LEVEL", "loud=[")], "LOG_LEVEL", 2),
+        (&[("LOG_FORMAT", "xml")], "LOG_FORMAT", 2),
+        (&[("SMTP_POOL_SIZE", "0")], "SMTP_POOL_SIZE", 2),
+        (&[("SECRET_KEY", "short")], "SECRET_KEY", 2),
         (
             &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")],
             "DATABASE_URL",
@@ -124,4 +127,75 @@ async fn copies_starting_together_migrate_once() {
         .unwrap()
         .count() as i64;
     assert_eq!(applied, migrations);
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-alert"))
+        .env("DATABASE_URL", &db.url)
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", port.to_string())
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "debug")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while http
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/api/alerts/999"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-request-id", "req-42-abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-request-id"], "req-42-abc");
+    let generated = http
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        generated.headers()["x-request-id"].len(),
+        32,
+        "an id is made when none is sent"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_request: Vec<_> = lines
+        .iter()
+        .filter(|l| l["span"]["id"] == "req-42-abc")
+        .collect();
+    assert!(!of_request.is_empty(), "the request's lines carry its id");
+    assert!(
+        of_request.iter().any(|l| l["fields"]["status"] == 404),
+        "{of_request:?}"
+    );
 }
