@@ -86,6 +86,11 @@ pub async fn migrate(client: &mut Client) -> anyhow::Result<usize> {
     Ok(report.applied_migrations().len())
 }
 
+/// How many migrations this build carries.
+pub fn migration_count() -> usize {
+    embedded::migrations::runner().get_migrations().len()
+}
+
 /// The pool every query but LISTEN goes through.
 pub fn pool(config: &tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(

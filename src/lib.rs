@@ -6,12 +6,14 @@
 //! - `mail`: SMTP transports and message templates.
 //! - `api`: the HTTP API and its OpenAPI document.
 //! - `app`: everything above assembled into one running service.
+//! - `check`: the operator's health check of a deployment.
 //! - `telemetry`: logging.
 
 pub mod api;
 pub mod app;
 pub mod audit_log;
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -32,6 +32,9 @@ enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Tell whether the database, triggers, SMTP server and recipients are in
+    /// order, in plain words (exit code 1 when something is wrong).
+    Check,
     /// Create or revoke API bearer tokens (needs only database access).
     Token {
         #[command(subcommand)]
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => app::prepare_database(&config).await.map(|_| ()),
             Command::Token { action } => token(&config, action).await,
+            Command::Check => check(&config).await,
             _ => serve(&config).await,
         }
     });
@@ -153,6 +157,21 @@ async fn token(config: &Config, action: TokenCommand) -> Result<(), app::StartEr
             }
             eprintln!("token {id} revoked");
         }
+    }
+    Ok(())
+}
+
+async fn check(config: &Config) -> Result<(), app::StartError> {
+    let findings = audit_alert::check::run(config).await?;
+    for f in &findings {
+        println!("{f}");
+    }
+    let failures = findings
+        .iter()
+        .filter(|f| matches!(f, audit_alert::check::Finding::Fail(_)))
+        .count();
+    if failures > 0 {
+        return Err(anyhow::anyhow!("{failures} check(s) failed").into());
     }
     Ok(())
 }

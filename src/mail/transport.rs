@@ -311,6 +311,23 @@ impl Mailer {
         }
     }
 
+    /// Connects and greets the server (TLS and login included) without
+    /// sending anything: tells whether this configuration can send at all.
+    pub async fn check(&self) -> Result<(), DeliveryError> {
+        let timeout = self.0.settings.timeout;
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(Ok(mut connection)) => {
+                let _ = connection.quit().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DeliveryError::transient(
+                FailureKind::Timeout,
+                format!("timed out after {}s", timeout.as_secs()),
+            )),
+        }
+    }
+
     /// A live idle connection, or a new one.
     async fn connection(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
         loop {

@@ -199,3 +199,64 @@ async fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
         "{of_request:?}"
     );
 }
+
+#[tokio::test]
+async fn check_tells_what_is_in_order_and_what_is_not() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_audit-alert"))
+            .arg("check")
+            .env("DATABASE_URL", &db.url)
+            .env("LOG_LEVEL", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("ok    database"), "{text}");
+    assert!(
+        text.contains("FAIL  no usable active SMTP configuration"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warn  audit_results: no active recipient"),
+        "{text}"
+    );
+
+    let smtp = SmtpServer::start();
+    configure(
+        &db,
+        smtp.port,
+        &[
+            ("audit_results", "a@example.com"),
+            ("image_audit_results", "b@example.com"),
+        ],
+    )
+    .await;
+    let (code, text) = check();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ok    SMTP server 127.0.0.1:{} accepts connections",
+            smtp.port
+        )),
+        "{text}"
+    );
+
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE audit_results DISABLE TRIGGER audit_alert_insert")
+        .await
+        .unwrap();
+    let (code, text) = check();
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("FAIL  audit_results: its alert triggers are missing or disabled"),
+        "{text}"
+    );
+}

@@ -1,0 +1,152 @@
+//! `audit-alert check`: whether the database, the migrations, the triggers,
+//! the SMTP server and the recipients are in order, in plain words.
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::db;
+use crate::mail::Mailer;
+use crate::monitor::control::Snapshot;
+
+/// One finding.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finding {
+    Ok(String),
+    Warn(String),
+    Fail(String),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok(m) => write!(f, "ok    {m}"),
+            Self::Warn(m) => write!(f, "warn  {m}"),
+            Self::Fail(m) => write!(f, "FAIL  {m}"),
+        }
+    }
+}
+
+/// Runs every check; the database must at least be reachable.
+pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    let client = match db::connect(&config.database).await {
+        Ok(c) => {
+            findings.push(Finding::Ok(format!(
+                "database \"{}\" is reachable",
+                config.database_name()
+            )));
+            c
+        }
+        Err(e) => {
+            findings.push(Finding::Fail(format!(
+                "database \"{}\" cannot be reached: {} (check DATABASE_URL)",
+                config.database_name(),
+                db::describe(&e)
+            )));
+            return Ok(findings);
+        }
+    };
+    let applied: Option<i64> = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0));
+    let known = db::migration_count() as i64;
+    findings.push(match applied {
+        Some(n) if n >= known => {
+            Finding::Ok(format!("schema is up to date ({n} migrations applied)"))
+        }
+        Some(n) => Finding::Fail(format!(
+            "{} of {known} migrations are not applied: run `audit-alert migrate`",
+            known - n
+        )),
+        None => Finding::Fail("the schema is not installed: run `audit-alert migrate`".into()),
+    });
+    if applied.is_none() {
+        return Ok(findings);
+    }
+    let pool = db::pool(&config.database, 2)?;
+    let secrets = config
+        .secret_key
+        .as_ref()
+        .map(SecretBox::from_key)
+        .transpose()?;
+    let snapshot = Snapshot::load(&pool, secrets.as_ref())
+        .await
+        .context("Failed to read the configuration")?;
+
+    for table in &snapshot.tables {
+        let triggers: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass
+                    AND tgname IN ('audit_alert_insert', 'audit_alert_update') AND tgenabled <> 'D'",
+                &[&table.relation],
+            )
+            .await?
+            .get(0);
+        findings.push(if triggers == 2 {
+            Finding::Ok(format!("{}: triggers installed (alerting on {})", table.name, table.verdicts.join(", ")))
+        } else {
+            Finding::Fail(format!(
+                "{}: its alert triggers are missing or disabled; rows are found only by the sweep (re-save it: PUT /api/config/tables/{})",
+                table.name, table.name
+            ))
+        });
+        let n = snapshot.recipients.get(&table.name).map_or(0, Vec::len);
+        findings.push(if n > 0 {
+            Finding::Ok(format!("{}: {n} active recipient(s)", table.name))
+        } else {
+            Finding::Warn(format!(
+                "{}: no active recipient; its alerts wait as pending",
+                table.name
+            ))
+        });
+    }
+
+    match &snapshot.smtp {
+        None => findings.push(Finding::Fail(
+            "no usable active SMTP configuration; alerts wait as pending (POST /api/config/smtp)"
+                .into(),
+        )),
+        Some(settings) => {
+            let target = format!("{}:{}", settings.host, settings.port);
+            let result = match Mailer::new(settings.clone(), 1) {
+                Ok(mailer) => mailer.check().await,
+                Err(e) => Err(e),
+            };
+            findings.push(match result {
+                Ok(()) => Finding::Ok(format!("SMTP server {target} accepts connections")),
+                Err(e) => Finding::Fail(format!("SMTP server {target}: {e}")),
+            });
+        }
+    }
+    let switches = &snapshot.switches;
+    if !switches.monitor_enabled {
+        findings.push(Finding::Warn(
+            "delivery is paused (monitor_enabled = false)".into(),
+        ));
+    }
+    if !switches.email_enabled {
+        findings.push(Finding::Warn(
+            "e-mail is off (email_enabled = false): new alerts are suppressed".into(),
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed')
+               FROM email_sent_log",
+            &[],
+        )
+        .await?;
+    let (pending, failed): (i64, i64) = (row.get(0), row.get(1));
+    findings.push(if failed > 0 {
+        Finding::Warn(format!(
+            "{failed} alert(s) failed; see GET /api/alerts?status=failed"
+        ))
+    } else {
+        Finding::Ok(format!("no failed alerts; {pending} pending"))
+    });
+    pool.close();
+    Ok(findings)
+}
