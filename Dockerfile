@@ -4,7 +4,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/pipeline.rs && cp benches/pipeline.rs benches/audit.rs \
     && cargo build --release --locked \
     && rm -rf src target/release/deps/audit_alert* target/release/audit-alert*
 COPY db ./db
