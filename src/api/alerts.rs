@@ -10,7 +10,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, ApiTags, AppState, Page};
+use super::{default_page, default_page_size, list_page, ApiTags, AppState, ListQuery, Page};
 use crate::audit_log::Audit;
 
 pub struct AlertsApi;
@@ -151,39 +151,20 @@ impl AlertsApi {
         )]
         page_size: Query<u32>,
     ) -> ApiResult<Json<Page<Alert>>> {
-        let client = state.pool.get().await?;
         let filter = "($1::text IS NULL OR table_name = $1) AND ($2::text IS NULL OR status = $2)
             AND ($3::text IS NULL OR verdict = $3) AND ($4::timestamptz IS NULL OR created_at >= $4)
             AND ($5::timestamptz IS NULL OR created_at < $5)";
         let status = status.0.map(AlertStatus::as_str);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&table_name.0, &status, &verdict.0, &from.0, &to.0];
-        let total: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM email_sent_log WHERE {filter}"),
-                &params,
-            )
-            .await?
-            .get(0);
-        let (limit, offset) = Page::<Alert>::window(page.0, page_size.0);
-        let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
-        all.push(&limit);
-        all.push(&offset);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM email_sent_log WHERE {filter}
-                      ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
-                ),
-                &all,
-            )
-            .await?;
-        Ok(Json(Page::new(
-            rows.iter().map(to_alert).collect(),
-            total,
-            page.0,
-            page_size.0,
-        )))
+        let query = ListQuery {
+            table: "email_sent_log",
+            columns: COLUMNS,
+            filter,
+            params: &[&table_name.0, &status, &verdict.0, &from.0, &to.0],
+            order: "created_at DESC, id DESC",
+        };
+        list_page(&state, query, page.0, page_size.0, to_alert)
+            .await
+            .map(Json)
     }
 
     /// One alert with its recipients, attempts and last error

@@ -6,12 +6,11 @@ use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::auth::AuditorAuth;
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, ApiTags, AppState, Page};
+use super::{default_page, default_page_size, list_page, ApiTags, AppState, ListQuery, Page};
 use crate::audit_log::Audit;
 
 /// How each audit-log operation is audited.
@@ -143,42 +142,24 @@ impl AuditLogsApi {
                 "1"
             }
         });
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &operator_id.0,
-            &org_id.0,
-            &result,
-            &method.0,
-            &text.0,
-            &from.0,
-            &to.0,
-        ];
-        let client = state.pool.get().await?;
-        let total: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM audit_log WHERE {filter}"),
-                &params,
-            )
-            .await?
-            .get(0);
-        let (limit, offset) = Page::<AuditLogEntry>::window(page.0, page_size.0);
-        let mut all = params.to_vec();
-        all.push(&limit);
-        all.push(&offset);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM audit_log WHERE {filter}
-                      ORDER BY audit_id DESC LIMIT $8 OFFSET $9"
-                ),
-                &all,
-            )
-            .await?;
-        Ok(Json(Page::new(
-            rows.iter().map(to_entry).collect(),
-            total,
-            page.0,
-            page_size.0,
-        )))
+        let query = ListQuery {
+            table: "audit_log",
+            columns: COLUMNS,
+            filter,
+            params: &[
+                &operator_id.0,
+                &org_id.0,
+                &result,
+                &method.0,
+                &text.0,
+                &from.0,
+                &to.0,
+            ],
+            order: "audit_id DESC",
+        };
+        list_page(&state, query, page.0, page_size.0, to_entry)
+            .await
+            .map(Json)
     }
 
     /// One audit-log entry

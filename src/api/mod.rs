@@ -110,26 +110,52 @@ impl<T: ParseFromJSON + ToJSON> Page<T> {
     }
 }
 
-/// One page of a whole table, ordered by `id`: `columns` and `table` are
-/// trusted SQL from this crate, `map` turns a row into an item.
-pub(crate) async fn table_page<T: ParseFromJSON + ToJSON>(
+/// What one list query selects: trusted SQL from this crate (`filter` uses
+/// `$1…$n` for `params`), the caller's values only in `params`.
+pub(crate) struct ListQuery<'a> {
+    pub table: &'a str,
+    pub columns: &'a str,
+    pub filter: &'a str,
+    pub params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
+    pub order: &'a str,
+}
+
+/// One page of a list query, with the total across pages.
+pub(crate) async fn list_page<T: ParseFromJSON + ToJSON>(
     state: &AppState,
-    table: &str,
-    columns: &str,
+    query: ListQuery<'_>,
     page: u32,
     page_size: u32,
     map: impl Fn(&tokio_postgres::Row) -> T,
 ) -> ApiResult<Page<T>> {
+    let ListQuery {
+        table,
+        columns,
+        filter,
+        params,
+        order,
+    } = query;
     let (limit, offset) = Page::<T>::window(page, page_size);
     let client = state.pool.get().await?;
     let total: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE {filter}"),
+            params,
+        )
         .await?
         .get(0);
+    let n = params.len();
+    let mut all = params.to_vec();
+    all.push(&limit);
+    all.push(&offset);
     let rows = client
         .query(
-            &format!("SELECT {columns} FROM {table} ORDER BY id LIMIT $1 OFFSET $2"),
-            &[&limit, &offset],
+            &format!(
+                "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT ${} OFFSET ${}",
+                n + 1,
+                n + 2
+            ),
+            &all,
         )
         .await?;
     Ok(Page::new(
@@ -138,6 +164,25 @@ pub(crate) async fn table_page<T: ParseFromJSON + ToJSON>(
         page,
         page_size,
     ))
+}
+
+/// One page of a whole table, ordered by `id`.
+pub(crate) async fn table_page<T: ParseFromJSON + ToJSON>(
+    state: &AppState,
+    table: &str,
+    columns: &str,
+    page: u32,
+    page_size: u32,
+    map: impl Fn(&tokio_postgres::Row) -> T,
+) -> ApiResult<Page<T>> {
+    let query = ListQuery {
+        table,
+        columns,
+        filter: "true",
+        params: &[],
+        order: "id",
+    };
+    list_page(state, query, page, page_size, map).await
 }
 
 pub(crate) fn default_page() -> u32 {

@@ -12,7 +12,10 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, parse_email, ApiTags, AppState, Deleted, Page};
+use super::{
+    default_page, default_page_size, list_page, parse_email, ApiTags, AppState, Deleted, ListQuery,
+    Page,
+};
 use crate::audit_log::mask::Strategy;
 use crate::audit_log::{Audit, Masked};
 
@@ -135,22 +138,6 @@ async fn insert(
         .map_err(|e| duplicate(&e, at).unwrap_or_else(|| e.into()))
 }
 
-/// The total when the requested page is past the end.
-async fn count_all(
-    client: &deadpool_postgres::Client,
-    table_name: &Option<String>,
-    is_active: &Option<bool>,
-) -> ApiResult<i64> {
-    Ok(client
-        .query_one(
-            "SELECT count(*) FROM recipients_config
-              WHERE ($1::text IS NULL OR table_name = $1) AND ($2::bool IS NULL OR is_active = $2)",
-            &[table_name, is_active],
-        )
-        .await?
-        .get(0))
-}
-
 fn not_found(id: i32) -> ApiError {
     ApiError::not_found(format!("recipient {id} does not exist"))
 }
@@ -220,28 +207,17 @@ impl RecipientsApi {
         )]
         page_size: Query<u32>,
     ) -> ApiResult<Json<Page<Recipient>>> {
-        let (limit, offset) = Page::<Recipient>::window(page.0, page_size.0);
-        let client = state.pool.get().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS}, count(*) OVER () FROM recipients_config
-                  WHERE ($1::text IS NULL OR table_name = $1) AND ($2::bool IS NULL OR is_active = $2)
-                  ORDER BY id LIMIT $3 OFFSET $4"
-            ))
-            .await?;
-        let rows = client
-            .query(&statement, &[&table_name.0, &is_active.0, &limit, &offset])
-            .await?;
-        let total = match rows.first() {
-            Some(r) => r.get(7),
-            None => count_all(&client, &table_name.0, &is_active.0).await?,
+        let query = ListQuery {
+            table: "recipients_config",
+            columns: COLUMNS,
+            filter:
+                "($1::text IS NULL OR table_name = $1) AND ($2::bool IS NULL OR is_active = $2)",
+            params: &[&table_name.0, &is_active.0],
+            order: "id",
         };
-        Ok(Json(Page::new(
-            rows.iter().map(to_recipient).collect(),
-            total,
-            page.0,
-            page_size.0,
-        )))
+        list_page(&state, query, page.0, page_size.0, to_recipient)
+            .await
+            .map(Json)
     }
 
     /// Get one recipient
