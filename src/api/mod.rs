@@ -137,27 +137,32 @@ pub(crate) async fn list_page<T: ParseFromJSON + ToJSON>(
     } = query;
     let (limit, offset) = Page::<T>::window(page, page_size);
     let client = state.pool.get().await?;
-    let total: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM {table} WHERE {filter}"),
-            params,
-        )
-        .await?
-        .get(0);
     let n = params.len();
+    // One prepared statement carries the total in a window column (last).
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {columns}, count(*) OVER () FROM {table} WHERE {filter}
+              ORDER BY {order} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ))
+        .await?;
     let mut all = params.to_vec();
     all.push(&limit);
     all.push(&offset);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT ${} OFFSET ${}",
-                n + 1,
-                n + 2
-            ),
-            &all,
-        )
-        .await?;
+    let rows = client.query(&statement, &all).await?;
+    let total: i64 = match rows.first() {
+        Some(row) => row.get(row.len() - 1),
+        None if offset == 0 => 0,
+        // Past the last page: the window saw no row, so count apart.
+        None => client
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE {filter}"),
+                params,
+            )
+            .await?
+            .get(0),
+    };
     Ok(Page::new(
         rows.iter().map(map).collect(),
         total,
