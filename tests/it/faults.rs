@@ -148,8 +148,9 @@ async fn kill_9_in_a_burst_then_restart_mails_every_record() {
     );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("kill -9 after {mailed_at_kill} of 5000 records: {duplicates} mailed twice");
-    // At most what was in flight at the kill: one claimed batch (4 digests of 10).
-    assert!(duplicates <= 40, "{duplicates} duplicates");
+    // At most what was in flight at the kill: a claimed batch in each of the
+    // two delivery lanes (4 digests of 10 each).
+    assert!(duplicates <= 80, "{duplicates} duplicates");
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -206,8 +207,9 @@ async fn three_copies_one_killed_mid_burst_mail_every_record() {
         "3 copies, one killed: {duplicates} records mailed twice; survivor RSS {rss_before} KiB before, \
          {rss_peak} KiB peak, {rss_after} KiB after"
     );
-    // Only what the killed copy had in flight may repeat: one claim (4 digests of 20).
-    assert!(duplicates <= 80, "{duplicates} duplicates");
+    // Only what the killed copy had in flight may repeat: a claim in each of
+    // its two delivery lanes (4 digests of 20 each).
+    assert!(duplicates <= 160, "{duplicates} duplicates");
 }
 
 #[tokio::test]
