@@ -14,13 +14,11 @@ mod embedded {
 /// two copies starting at once do not both migrate.
 const MIGRATION_LOCK: i64 = 0x6175_6469_745f_6d67;
 
-/// Why the database could not be reached or prepared.
+/// Why the database could not be reached or created.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to the database: {0}")]
     Connect(String),
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
 }
 
 /// Connects once, spawning the connection's driver task.

