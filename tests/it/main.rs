@@ -5,6 +5,7 @@ mod api;
 mod audit;
 mod auth;
 mod client;
+mod docs;
 mod faults;
 mod helpers;
 mod outage;
