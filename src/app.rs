@@ -66,6 +66,7 @@ impl App {
             db_config,
             secrets.clone(),
             config.smtp_pool_size,
+            config.listen_for_alerts,
         )
         .await?;
         let acceptor = TcpListener::bind(config.api_addr)

@@ -53,6 +53,9 @@ pub struct Config {
     /// Always true from the environment; the benchmarks turn it off to
     /// measure what auditing costs.
     pub audit_enabled: bool,
+    /// Always true from the environment; the benchmarks turn it off to
+    /// measure delivery by the fallback sweep alone (polling).
+    pub listen_for_alerts: bool,
 }
 
 /// One bad setting: which variable, and what is wrong with it.
@@ -169,6 +172,7 @@ impl Config {
                     })?,
             },
             audit_enabled: true,
+            listen_for_alerts: true,
             cors_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|v| {
                     v.split(',')

@@ -75,8 +75,13 @@ async fn listen(
         Ok(())
     });
     let _abort_driver = AbortOnDrop(driver.abort_handle());
+    let data = if worker.listens_for_alerts() {
+        format!("LISTEN {DATA_CHANNEL};")
+    } else {
+        String::new()
+    };
     client
-        .batch_execute(&format!("LISTEN {DATA_CHANNEL}; LISTEN {CONTROL_CHANNEL}"))
+        .batch_execute(&format!("{data} LISTEN {CONTROL_CHANNEL}"))
         .await
         .context("Failed to LISTEN")?;
     *failures = 0;

@@ -51,6 +51,9 @@ struct Inner {
     secrets: Option<SecretBox>,
     /// Most SMTP connections this copy opens at once.
     smtp_pool_size: u32,
+    /// Whether the listener LISTENs on the data channel (always, but in the
+    /// benchmark that measures the sweep alone).
+    listen_for_alerts: bool,
     db_config: tokio_postgres::Config,
     /// Names this copy in leases (`locked_by`).
     id: String,
@@ -75,11 +78,13 @@ impl Worker {
         db_config: tokio_postgres::Config,
         secrets: Option<SecretBox>,
         smtp_pool_size: u32,
+        listen_for_alerts: bool,
     ) -> anyhow::Result<Self> {
         let worker = Self(Arc::new(Inner {
             pool,
             secrets,
             smtp_pool_size,
+            listen_for_alerts,
             db_config,
             id: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             snapshot: RwLock::default(),
@@ -121,6 +126,10 @@ impl Worker {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.0.snapshot.read().expect("snapshot lock").1.clone()
+    }
+
+    pub(crate) fn listens_for_alerts(&self) -> bool {
+        self.0.listen_for_alerts
     }
 
     pub(crate) fn db_config(&self) -> &tokio_postgres::Config {
