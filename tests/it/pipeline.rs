@@ -448,3 +448,126 @@ async fn monitor_disabled_holds_alerts_and_email_disabled_suppresses_them() {
     );
     app.stop().await;
 }
+
+/// Inserts report their flagged rows once per statement, whatever the
+/// statement's shape: mixed verdicts, several statements in one transaction,
+/// a statement rolled back to a savepoint, one statement writing both tables,
+/// and COPY. Exactly the flagged rows that committed are mailed.
+#[tokio::test]
+async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
+    use futures_util::SinkExt;
+    use std::collections::BTreeSet;
+
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(
+        &db,
+        smtp.port,
+        &[
+            ("audit_results", "text@example.com"),
+            ("image_audit_results", "image@example.com"),
+        ],
+    )
+    .await;
+    let app = db.start().await;
+    let mut client = db.client().await;
+    let mut expected = BTreeSet::new();
+    let text = |id: i64| ("text@example.com".to_owned(), id.to_string());
+    let image = |id: i64| ("image@example.com".to_owned(), id.to_string());
+
+    // Mixed verdicts in one statement.
+    let verdicts = vec![PASS, FAIL, PASS, UNSURE, FAIL];
+    for row in client
+        .query(
+            "INSERT INTO audit_results (verdict, url)
+             SELECT v, 'https://example.com/mixed/' || n FROM unnest($1::text[]) WITH ORDINALITY u(v, n)
+             RETURNING id, verdict",
+            &[&verdicts],
+        )
+        .await
+        .unwrap()
+    {
+        if row.get::<_, String>(1) != PASS {
+            expected.insert(text(row.get(0)));
+        }
+    }
+
+    // Two statements in one transaction, and one rolled back between them.
+    let tx = client.transaction().await.unwrap();
+    let insert = "INSERT INTO audit_results (verdict, url) VALUES ($1, 'https://example.com/tx') RETURNING id";
+    let first: i64 = tx.query_one(insert, &[&FAIL]).await.unwrap().get(0);
+    tx.batch_execute("SAVEPOINT s").await.unwrap();
+    let rolled_back: i64 = tx.query_one(insert, &[&FAIL]).await.unwrap().get(0);
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    let second: i64 = tx.query_one(insert, &[&UNSURE]).await.unwrap().get(0);
+    tx.commit().await.unwrap();
+    expected.extend([text(first), text(second)]);
+
+    // One statement, both watched tables.
+    let row = client
+        .query_one(
+            "WITH a AS (INSERT INTO audit_results (verdict, url) VALUES ($1, 'https://example.com/cte') RETURNING id),
+                  i AS (INSERT INTO image_audit_results (audit_result, ip_address) VALUES ($1, '10.0.0.1') RETURNING id)
+             SELECT (SELECT id FROM a), (SELECT id FROM i)",
+            &[&FAIL],
+        )
+        .await
+        .unwrap();
+    expected.extend([text(row.get(0)), image(row.get(1))]);
+
+    // Bulk loading.
+    let sink = client
+        .copy_in("COPY audit_results (verdict, url) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(
+        "合格\thttps://example.com/copy/1\n不合格\thttps://example.com/copy/2\n不确定\thttps://example.com/copy/3\n"
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    sink.finish().await.unwrap();
+    for row in client
+        .query(
+            "SELECT id FROM audit_results WHERE url LIKE 'https://example.com/copy/%' AND verdict <> '合格'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        expected.insert(text(row.get(0)));
+    }
+
+    let received = |mails: &[Received]| -> BTreeSet<(String, String)> {
+        mails
+            .iter()
+            .flat_map(|m| {
+                m.record_ids()
+                    .into_iter()
+                    .map(|id| (m.envelope_to.join(","), id))
+            })
+            .collect()
+    };
+    smtp.wait_for(&format!("{} records", expected.len()), |mails| {
+        received(mails).len() >= expected.len()
+    })
+    .await;
+    // Anything still on its way would be delivered by this call.
+    app.worker().deliver_once().await.unwrap();
+    assert_eq!(received(&smtp.received()), expected);
+    assert!(!expected.contains(&text(rolled_back)));
+    let (batches, alerts): (i64, i64) = {
+        let r = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM alert_batches), (SELECT count(*) FROM email_sent_log)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((batches, alerts), (0, expected.len() as i64));
+    app.stop().await;
+}
