@@ -1,5 +1,6 @@
 //! `GET /metrics` in the Prometheus text format: alerts by state, deliveries,
-//! the listener, the sweep, the audit-log writer and API calls.
+//! commit → sent latency, SMTP errors by kind, the listener, the sweep, the
+//! audit-log writer and API calls.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -78,6 +79,16 @@ pub async fn metrics(state: Data<&AppState>) -> Response {
         "deliveries",
         "Alert delivery outcomes of this copy",
         deliveries,
+    );
+    registry.register(
+        "sent_latency_seconds",
+        "From an alert being recorded (the writing transaction) to the SMTP server accepting it, this copy",
+        status.sent_latency(),
+    );
+    registry.register(
+        "smtp_errors",
+        "SMTP failures of this copy by kind and class (transient, permanent), one per recipient and attempt",
+        status.smtp_errors(),
     );
     gauge(
         &mut registry,

@@ -88,6 +88,20 @@ pub enum FailureKind {
     Other,
 }
 
+impl FailureKind {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Tls => "tls",
+            Self::Authentication => "authentication",
+            Self::RecipientRejected => "recipient_rejected",
+            Self::Timeout => "timeout",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// A failed send: its kind and the details in plain words.
 #[derive(Debug, Clone)]
 pub struct Failure {

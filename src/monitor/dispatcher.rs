@@ -214,6 +214,12 @@ fn judge(
         last_error,
         retry_in_ms: retry_in.as_millis() as i64,
         message_id: message_id.filter(|_| !delivered_now.is_empty()),
+        smtp_errors: failures
+            .iter()
+            .filter(|(to, _)| !to.is_empty())
+            .map(|(_, e)| (e.kind(), matches!(e, DeliveryError::Permanent(_))))
+            .collect(),
+        created_at: digest.alerts.iter().map(|a| a.created_at).collect(),
     }
 }
 

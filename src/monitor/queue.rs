@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::control::WatchedTable;
 use crate::db::quote_ident;
+use crate::mail::transport::FailureKind;
 
 /// An alert this worker holds the lease on.
 #[derive(Clone, Debug)]
@@ -41,6 +42,11 @@ pub struct Outcome {
     /// For `pending`: wait before the next attempt.
     pub retry_in_ms: i64,
     pub message_id: Option<String>,
+    /// This attempt's SMTP failures, one per recipient it failed for:
+    /// (kind, permanent).
+    pub smtp_errors: Vec<(FailureKind, bool)>,
+    /// When each alert was recorded (the writing transaction's time).
+    pub created_at: Vec<DateTime<Utc>>,
 }
 
 /// Statement batches turned into alerts per call; more wait for the next.

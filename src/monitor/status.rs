@@ -1,14 +1,21 @@
 //! Facts about the worker for status pages and metrics: listener state, last
-//! notification, sweeps and delivery counters.
+//! notification, sweeps, delivery counters, the commit → sent latency and
+//! SMTP errors by kind.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use super::queue::Outcome;
 use super::sweeper::SweepReport;
+
+/// SMTP failures counted by `kind` and `class` labels.
+pub type SmtpErrors = Family<Vec<(&'static str, &'static str)>, Counter>;
 
 pub struct MonitorStatus {
     started_at: DateTime<Utc>,
@@ -16,6 +23,10 @@ pub struct MonitorStatus {
     sent: AtomicU64,
     retried: AtomicU64,
     failed: AtomicU64,
+    /// Seconds from the alert being recorded to the SMTP server accepting it.
+    sent_latency: Histogram,
+    /// SMTP failures by kind and class (transient or permanent).
+    smtp_errors: SmtpErrors,
     // A std Mutex: held only to copy a few timestamps.
     times: Mutex<Times>,
 }
@@ -37,6 +48,9 @@ impl Default for MonitorStatus {
             sent: AtomicU64::default(),
             retried: AtomicU64::default(),
             failed: AtomicU64::default(),
+            // 1 ms to about 9 minutes.
+            sent_latency: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            smtp_errors: SmtpErrors::default(),
             times: Mutex::default(),
         }
     }
@@ -84,8 +98,30 @@ impl MonitorStatus {
         self.times.lock().expect("status lock").next_sweep = Some(at);
     }
 
+    /// The commit → sent latency histogram (shared; cheap to clone).
+    pub fn sent_latency(&self) -> Histogram {
+        self.sent_latency.clone()
+    }
+
+    pub fn smtp_errors(&self) -> SmtpErrors {
+        self.smtp_errors.clone()
+    }
+
     pub(crate) fn note_delivery(&self, outcomes: &[Outcome]) {
+        let now = Utc::now();
         for o in outcomes {
+            if o.status == "sent" {
+                for at in &o.created_at {
+                    let seconds = (now - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+                    self.sent_latency.observe(seconds.max(0.0));
+                }
+            }
+            for (kind, permanent) in &o.smtp_errors {
+                let class = if *permanent { "permanent" } else { "transient" };
+                self.smtp_errors
+                    .get_or_create(&vec![("kind", kind.as_str()), ("class", class)])
+                    .inc();
+            }
             let counter = match o.status {
                 "sent" => &self.sent,
                 "pending" => &self.retried,

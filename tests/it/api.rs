@@ -936,12 +936,20 @@ async fn the_smtp_test_names_what_went_wrong() {
 #[tokio::test]
 async fn metrics_are_public_and_in_prometheus_format() {
     let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
+    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
     db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    configure(
+        &db,
+        smtp.port,
+        &[
+            ("audit_results", "oncall@example.com"),
+            ("audit_results", "gone@example.com"),
+        ],
+    )
+    .await;
     let app = db.start().await;
     insert_audit_rows(&db.client().await, 2, "不合格").await;
-    smtp.wait_for_records(2).await;
+    let mails = smtp.wait_for_records(2).await.len();
     client(&app).monitor_status().await.unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let text = loop {
@@ -951,7 +959,9 @@ async fn metrics_are_public_and_in_prometheus_format() {
             .text()
             .await
             .unwrap();
+        // The outcome is committed a moment before this copy counts it.
         if text.contains(r#"audit_alert_alerts{status="sent"} 2"#)
+            && text.contains(r#"audit_alert_deliveries_total{outcome="sent"} 2"#)
             && text.contains("audit_alert_audit_entries_written_total 1")
         {
             break text;
@@ -968,8 +978,18 @@ async fn metrics_are_public_and_in_prometheus_format() {
         "audit_alert_audit_entries_dropped_total 0",
         r#"audit_alert_http_requests_total{operation="monitor_status",status="200"} 1"#,
         "audit_alert_audit_queue_depth 0",
+        "audit_alert_sent_latency_seconds_count 2",
+        r#"audit_alert_sent_latency_seconds_bucket{le="+Inf"} 2"#,
+        // One refusal per mail that went out to the other recipient.
+        &format!(
+            r#"audit_alert_smtp_errors_total{{kind="recipient_rejected",class="permanent"}} {mails}"#
+        ),
     ] {
         assert!(text.contains(line), "missing {line} in:\n{text}");
     }
+    assert!(
+        !text.contains(r#"class="transient""#),
+        "no transient failure happened: {text}"
+    );
     app.stop().await;
 }
