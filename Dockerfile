@@ -4,10 +4,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/pipeline.rs && cp benches/pipeline.rs benches/audit.rs \
+RUN mkdir -p src benches/bench && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/bench/main.rs \
     && cargo build --release --locked \
     && rm -rf src target/release/deps/audit_alert* target/release/audit-alert*
+COPY build.rs ./
 COPY db ./db
 COPY src ./src
 RUN cargo build --release --locked

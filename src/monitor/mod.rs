@@ -200,12 +200,19 @@ impl Worker {
     /// every flagged row; later ones only new rows of integer-id tables).
     pub async fn sweep_once(&self) -> anyhow::Result<SweepReport> {
         // Reported rows first, so that the sweep finds only what no trigger reported.
-        while queue::expand_batches(&self.0.pool).await?.0 == queue::BATCHES_PER_EXPANSION {}
+        let mut reported = 0;
+        loop {
+            let (batches, alerts) = queue::expand_batches(&self.0.pool).await?;
+            reported += alerts;
+            if batches < queue::BATCHES_PER_EXPANSION {
+                break;
+            }
+        }
         let full = !self.0.swept_fully.load(Ordering::Relaxed);
         let report = sweeper::sweep(&self.0.pool, &self.snapshot().tables, full).await?;
         self.0.swept_fully.store(true, Ordering::Relaxed);
         self.0.status.note_sweep(&report);
-        if report.found > 0 {
+        if report.found > 0 || reported > 0 {
             self.wake();
         }
         Ok(report)

@@ -1,23 +1,17 @@
-//! API and audit-log benchmarks: enqueue cost on the request path, writer
+//! Audit-log and API parts: enqueue cost on the request path, writer
 //! throughput, and req/s and p99 of a read and a write call with auditing on
 //! and off (wrk in a second process; medians of three alternated runs).
-//!
-//! ```sh
-//! cargo bench --bench audit
-//! ```
-
-#[allow(dead_code)]
-#[path = "../tests/it/helpers.rs"]
-mod helpers;
 
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use audit_alert::audit_log::writer::{self, Entry};
-use helpers::*;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+use crate::{percentile, Results, Rows};
 
 fn entry(i: usize) -> Entry {
     Entry {
@@ -38,10 +32,6 @@ fn entry(i: usize) -> Entry {
         error_msg: None,
         duration_ms: 1,
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Requests per second and p99 latency (ms) wrk measured, or None when wrk is missing.
@@ -82,12 +72,14 @@ fn wrk(url: &str, token: &str, seconds: u32, script: Option<&str>) -> Option<(f6
     Some((rps, p99))
 }
 
-#[tokio::main]
-async fn main() {
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut results = serde_json::Map::new();
-
-    // Enqueue cost and writer throughput.
+/// Enqueue cost of each of 200,000 entries, and the rate the writer stores
+/// them at; one run measures both, `enqueue` and `writer` say which to report.
+pub async fn enqueue_and_writer(
+    results: &mut Results,
+    rows: &mut Rows,
+    enqueue: bool,
+    writer: bool,
+) {
     let db = TestDb::new().await;
     db.migrate().await;
     let pool = audit_alert::db::pool(&db.config().database, 4).unwrap();
@@ -109,20 +101,26 @@ async fn main() {
     let rate = n as f64 / started.elapsed().as_secs_f64();
     costs.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&costs, 0.5), percentile(&costs, 0.99));
-    rows.push((
-        format!("audit enqueue cost, {n} entries: p50 / p99"),
-        format!("{p50:.2} / {p99:.2} µs"),
-    ));
-    rows.push((
-        "audit writer throughput".into(),
-        format!("{rate:.0} entries/s"),
-    ));
-    results.insert("enqueue_us".into(), json!({"p50": p50, "p99": p99}));
-    results.insert("writer_entries_per_s".into(), json!(rate));
+    if enqueue {
+        rows.push((
+            format!("audit enqueue cost, {n} entries: p50 / p99"),
+            format!("{p50:.2} / {p99:.2} µs"),
+        ));
+        results.insert("enqueue_us".into(), json!({"p50": p50, "p99": p99}));
+    }
+    if writer {
+        rows.push((
+            "audit writer throughput".into(),
+            format!("{rate:.0} entries/s"),
+        ));
+        results.insert("writer_entries_per_s".into(), json!(rate));
+    }
     stop.cancel();
     task.await.unwrap();
+}
 
-    // API throughput, auditing on and off, alternated.
+/// API throughput, auditing on and off, alternated.
+pub async fn api(results: &mut Results, rows: &mut Rows) {
     let db = TestDb::new().await;
     db.migrate().await;
     let client = db.client().await;
@@ -197,10 +195,4 @@ async fn main() {
             json!({"audit_on_rps": m_on.0, "audit_on_p99_ms": m_on.1, "audit_off_rps": m_off.0, "audit_off_p99_ms": m_off.1, "ratio": m_on.0 / m_off.0}),
         );
     }
-
-    println!("\n{:<58} value", "measure");
-    for (k, v) in &rows {
-        println!("{k:<58} {v}");
-    }
-    println!("{}", serde_json::Value::Object(results));
 }

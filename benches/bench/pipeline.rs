@@ -1,84 +1,21 @@
-//! Pipeline benchmarks: commit → mail latency, burst drain rate, the writer's
-//! trigger overhead and the cost of an idle sweep on a large table.
-//!
-//! Starts what it needs: a fresh database on the local PostgreSQL, a real SMTP
-//! server on loopback and the service in-process. Prints a table and a JSON line.
-//!
-//! ```sh
-//! cargo bench --bench pipeline
-//! BENCH_SWEEP_ROWS=100000 cargo bench --bench pipeline    # smaller sweep tables
-//! BENCH_ONLY=latency,burst cargo bench --bench pipeline    # some parts only
-//! ```
+//! Pipeline parts: commit → mail latency on NOTIFY and by polling alone,
+//! burst drain rate, the writer's trigger overhead and the cost of an idle
+//! sweep on a large table.
 
-#[allow(dead_code)]
-#[path = "../tests/it/helpers.rs"]
-mod helpers;
-
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use audit_alert::monitor::sweeper;
-use helpers::*;
+use audit_alert::app::App;
+use audit_alert::monitor::{sweeper, Worker};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-#[tokio::main]
-async fn main() {
-    let mut results = serde_json::Map::new();
-    let mut rows: Vec<(String, String)> = Vec::new();
-
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
-    if run("latency") {
-        latency(&mut results, &mut rows).await;
-    }
-    if run("burst") {
-        burst(&mut results, &mut rows).await;
-    }
-    if run("trigger") {
-        trigger_overhead(&mut results, &mut rows).await;
-    }
-    if run("sweep") {
-        sweep(&mut results, &mut rows).await;
-    }
-
-    println!("\n{:<58} value", "measure");
-    for (k, v) in &rows {
-        println!("{k:<58} {v}");
-    }
-    println!("{}", serde_json::Value::Object(results));
-}
+use crate::helpers::*;
+use crate::{env_num, median, percentile, rss_kib, Results, Rows};
 
 /// Single-row transactions at a steady rate; latency from commit to the SMTP
 /// server holding the message.
-async fn latency(
-    results: &mut serde_json::Map<String, serde_json::Value>,
-    rows: &mut Vec<(String, String)>,
-) {
+pub async fn latency(results: &mut Results, rows: &mut Rows) {
     let n = env_num("BENCH_LATENCY_ROWS", 1000);
     let db = TestDb::new().await;
     let smtp = SmtpServer::start();
@@ -87,7 +24,7 @@ async fn latency(
     let app = db.start().await;
     let client = db.client().await;
     let rss_idle = rss_kib("VmRSS:");
-    let mut committed = std::collections::HashMap::new();
+    let mut committed = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     for _ in 0..n {
         tick.tick().await;
@@ -130,11 +67,129 @@ async fn latency(
     app.stop().await;
 }
 
+/// The latency above with delivery left to polling: the listener does not
+/// LISTEN for alerts (`listen_for_alerts = false`), `check_interval` is one
+/// minute, rows come at a steady rate for about two minutes. The first sweep
+/// after start (a full catch-up) is over before the first row.
+///
+/// The triggers still record the alerts, so the periodic sweep finds none of
+/// them; what delivers is the dispatcher's own idle re-check (every 60 s) or a
+/// sweep, whichever comes first. The sweeps and what they found are reported.
+pub async fn polling(results: &mut Results, rows: &mut Rows) {
+    let n = env_num("BENCH_POLLING_ROWS", 1000);
+    let rate = env_num("BENCH_POLLING_RATE", 8).max(1);
+    let minutes = env_num("BENCH_POLLING_INTERVAL", 1);
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let client = db.client().await;
+    set_config(&client, "check_interval", &minutes.to_string()).await;
+    let mut config = db.config();
+    config.listen_for_alerts = false;
+    let app = App::start(&config).await.expect("start the service");
+    wait_until_listening(&app).await;
+    let stop_tally = CancellationToken::new();
+    let tally = tally_sweeps(app.worker().clone(), stop_tally.clone());
+    let mut committed = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    for _ in 0..n {
+        tick.tick().await;
+        let id: i64 = client
+            .query_one("INSERT INTO audit_results (verdict, url) VALUES ('不合格', 'https://example.com') RETURNING id", &[])
+            .await
+            .unwrap()
+            .get(0);
+        committed.insert(id.to_string(), Instant::now());
+    }
+    // The last rows wait at most one interval; two and a margin for a slow one.
+    let within = Duration::from_secs(2 * 60 * minutes + 30);
+    let mails = wait_for_records_within(&smtp, n as usize, within).await;
+    let mut secs: Vec<f64> = mails
+        .iter()
+        .flat_map(|m| m.record_ids().into_iter().map(move |id| (id, m.at)))
+        .filter_map(|(id, at)| {
+            Some(
+                at.saturating_duration_since(*committed.get(&id)?)
+                    .as_secs_f64(),
+            )
+        })
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    let (p50, p90, p99, max) = (
+        percentile(&secs, 0.5),
+        percentile(&secs, 0.9),
+        percentile(&secs, 0.99),
+        secs[secs.len() - 1],
+    );
+    stop_tally.cancel();
+    let (sweeps, found) = tally.await.unwrap();
+    rows.push((
+        format!(
+            "no NOTIFY (check_interval {minutes} min), {n} rows at {rate}/s: p50 / p90 / p99 / max"
+        ),
+        format!("{p50:.2} / {p90:.2} / {p99:.2} / {max:.2} s"),
+    ));
+    rows.push((
+        "polling: mails / sweeps / alerts the sweeps found".into(),
+        format!("{} / {sweeps} / {found}", mails.len()),
+    ));
+    results.insert(
+        "polling_s".into(),
+        json!({"p50": p50, "p90": p90, "p99": p99, "max": max, "rows": n, "rows_per_s": rate,
+               "check_interval_min": minutes, "mails": mails.len(), "sweeps": sweeps, "sweep_found": found}),
+    );
+    app.stop().await;
+}
+
+/// Counts the periodic sweeps `worker` runs until `stop`, and the alerts they
+/// found (for rows no trigger reported), from its status.
+fn tally_sweeps(worker: Worker, stop: CancellationToken) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let mut last = worker.status().times().last_sweep;
+        let (mut sweeps, mut found) = (0, 0);
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return (sweeps, found),
+                _ = poll.tick() => {}
+            }
+            let times = worker.status().times();
+            if times.last_sweep != last {
+                last = times.last_sweep;
+                sweeps += 1;
+                found += times.last_sweep_found;
+            }
+        }
+    })
+}
+
+/// Waits until `n` distinct records have been mailed, for up to `within`
+/// (the helpers' waits end after `DEADLINE`). Polls the inbox; the times
+/// measured are the server's own, so the polling does not blur them.
+async fn wait_for_records_within(smtp: &SmtpServer, n: usize, within: Duration) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        poll.tick().await;
+        let mails = smtp.received();
+        let distinct = mails
+            .iter()
+            .flat_map(|m| m.record_ids())
+            .collect::<HashSet<_>>()
+            .len();
+        if distinct >= n {
+            return mails;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?}: {distinct} of {n} records mailed"
+        );
+    }
+}
+
 /// A burst written while delivery is paused, then drained: alerted records/s.
-async fn burst(
-    results: &mut serde_json::Map<String, serde_json::Value>,
-    rows: &mut Vec<(String, String)>,
-) {
+pub async fn burst(results: &mut Results, rows: &mut Rows) {
     let n = env_num("BENCH_BURST_ROWS", 100_000);
     let db = TestDb::new().await;
     let smtp = SmtpServer::start();
@@ -178,10 +233,7 @@ async fn burst(
 
 /// The same inserts into a watched table and an identical unwatched one,
 /// alternated, as single-row transactions and as 1,000-row statements.
-async fn trigger_overhead(
-    results: &mut serde_json::Map<String, serde_json::Value>,
-    rows: &mut Vec<(String, String)>,
-) {
+pub async fn trigger_overhead(results: &mut Results, rows: &mut Rows) {
     let db = TestDb::new().await;
     db.migrate().await;
     let client = db.client().await;
@@ -243,10 +295,7 @@ async fn trigger_overhead(
 
 /// An idle sweep on large tables (every flagged row already has its alert),
 /// at each size of `BENCH_SWEEP_ROWS` (comma-separated) to show how it grows.
-async fn sweep(
-    results: &mut serde_json::Map<String, serde_json::Value>,
-    rows: &mut Vec<(String, String)>,
-) {
+pub async fn sweep(results: &mut Results, rows: &mut Rows) {
     let sizes = std::env::var("BENCH_SWEEP_ROWS").unwrap_or_else(|_| "1000000,10000000".into());
     let mut figures = Vec::new();
     for n in sizes
