@@ -109,7 +109,9 @@ pub async fn claim(
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED))
           RETURNING e.id, e.table_name, e.record_id, e.verdict, e.attempts, e.delivered_to,
-                    ARRAY(SELECT jsonb_object_keys(e.failed_recipients)), e.created_at",
+                    CASE WHEN e.failed_recipients = '{}' THEN '{}'::text[]
+                         ELSE ARRAY(SELECT jsonb_object_keys(e.failed_recipients)) END,
+                    e.created_at",
             &[&tables, &limit, &worker, &lease.as_secs_f64()],
         )
         .await
@@ -189,7 +191,8 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
             "UPDATE email_sent_log e
                 SET status = $3::text,
                     delivered_to = $4::text[],
-                    failed_recipients = e.failed_recipients || $5::jsonb,
+                    failed_recipients = CASE WHEN $5::jsonb = '{}' THEN e.failed_recipients
+                                             ELSE e.failed_recipients || $5::jsonb END,
                     error_message = COALESCE($6::text, e.error_message),
                     message_id = COALESCE($7::text, e.message_id),
                     sent_at = CASE WHEN $3::text = 'sent' THEN now() ELSE e.sent_at END,
