@@ -80,13 +80,12 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
         let triggers: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass
-                    AND tgname IN ('audit_alert_insert', 'audit_alert_update', 'zz_audit_alert_flag')
-                    AND tgenabled <> 'D'",
+                    AND tgname IN ('audit_alert_insert', 'audit_alert_update') AND tgenabled <> 'D'",
                 &[&table.relation],
             )
             .await?
             .get(0);
-        findings.push(if triggers == 3 {
+        findings.push(if triggers == 2 {
             Finding::Ok(format!("{}: triggers installed (alerting on {})", table.name, table.verdicts.join(", ")))
         } else {
             Finding::Fail(format!(

@@ -24,36 +24,9 @@ pub async fn latency(results: &mut Results, rows: &mut Rows) {
     let app = db.start().await;
     let client = db.client().await;
     let rss_idle = rss_kib("VmRSS:");
-    let mut committed = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    for _ in 0..n {
-        tick.tick().await;
-        let id: i64 = client
-            .query_one("INSERT INTO audit_results (verdict, url) VALUES ('不合格', 'https://example.com') RETURNING id", &[])
-            .await
-            .unwrap()
-            .get(0);
-        committed.insert(id.to_string(), Instant::now());
-    }
+    let committed = write_steadily(&client, n, Duration::from_millis(5)).await;
     let mails = smtp.wait_for_records(n as usize).await;
-    let mut ms: Vec<f64> = mails
-        .iter()
-        .flat_map(|m| m.record_ids().into_iter().map(move |id| (id, m.at)))
-        .filter_map(|(id, at)| {
-            Some(
-                at.saturating_duration_since(*committed.get(&id)?)
-                    .as_secs_f64()
-                    * 1e3,
-            )
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let (p50, p90, p99, max) = (
-        percentile(&ms, 0.5),
-        percentile(&ms, 0.9),
-        percentile(&ms, 0.99),
-        ms[ms.len() - 1],
-    );
+    let [p50, p90, p99, max] = latencies(&mails, &committed).map(|s| s * 1e3);
     rows.push((
         format!("commit → mail latency, {n} rows at 200/s: p50 / p90 / p99 / max"),
         format!("{p50:.2} / {p90:.2} / {p99:.2} / {max:.2} ms"),
@@ -72,9 +45,8 @@ pub async fn latency(results: &mut Results, rows: &mut Rows) {
 /// minute, rows come at a steady rate for about two minutes. The first sweep
 /// after start (a full catch-up) is over before the first row.
 ///
-/// The triggers still record the alerts, so the periodic sweep finds none of
-/// them; what delivers is the dispatcher's own idle re-check (every 60 s) or a
-/// sweep, whichever comes first. The sweeps and what they found are reported.
+/// The triggers still record the alerts; each periodic sweep wakes the
+/// dispatcher, which delivers what waits, as polling would.
 pub async fn polling(results: &mut Results, rows: &mut Rows) {
     let n = env_num("BENCH_POLLING_ROWS", 1000);
     let rate = env_num("BENCH_POLLING_RATE", 8).max(1);
@@ -91,37 +63,11 @@ pub async fn polling(results: &mut Results, rows: &mut Rows) {
     wait_until_listening(&app).await;
     let stop_tally = CancellationToken::new();
     let tally = tally_sweeps(app.worker().clone(), stop_tally.clone());
-    let mut committed = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-    for _ in 0..n {
-        tick.tick().await;
-        let id: i64 = client
-            .query_one("INSERT INTO audit_results (verdict, url) VALUES ('不合格', 'https://example.com') RETURNING id", &[])
-            .await
-            .unwrap()
-            .get(0);
-        committed.insert(id.to_string(), Instant::now());
-    }
+    let committed = write_steadily(&client, n, Duration::from_secs_f64(1.0 / rate as f64)).await;
     // The last rows wait at most one interval; two and a margin for a slow one.
     let within = Duration::from_secs(2 * 60 * minutes + 30);
     let mails = wait_for_records_within(&smtp, n as usize, within).await;
-    let mut secs: Vec<f64> = mails
-        .iter()
-        .flat_map(|m| m.record_ids().into_iter().map(move |id| (id, m.at)))
-        .filter_map(|(id, at)| {
-            Some(
-                at.saturating_duration_since(*committed.get(&id)?)
-                    .as_secs_f64(),
-            )
-        })
-        .collect();
-    secs.sort_by(f64::total_cmp);
-    let (p50, p90, p99, max) = (
-        percentile(&secs, 0.5),
-        percentile(&secs, 0.9),
-        percentile(&secs, 0.99),
-        secs[secs.len() - 1],
-    );
+    let [p50, p90, p99, max] = latencies(&mails, &committed);
     stop_tally.cancel();
     let sweeps = tally.await.unwrap();
     rows.push((
@@ -140,6 +86,48 @@ pub async fn polling(results: &mut Results, rows: &mut Rows) {
                "check_interval_min": minutes, "mails": mails.len(), "sweeps": sweeps}),
     );
     app.stop().await;
+}
+
+/// Inserts `n` flagged single-row transactions, one per `period`; returns
+/// when each committed, by record id.
+async fn write_steadily(
+    client: &tokio_postgres::Client,
+    n: u64,
+    period: Duration,
+) -> HashMap<String, Instant> {
+    let mut committed = HashMap::new();
+    let mut tick = tokio::time::interval(period);
+    for _ in 0..n {
+        tick.tick().await;
+        let id: i64 = client
+            .query_one("INSERT INTO audit_results (verdict, url) VALUES ('不合格', 'https://example.com') RETURNING id", &[])
+            .await
+            .unwrap()
+            .get(0);
+        committed.insert(id.to_string(), Instant::now());
+    }
+    committed
+}
+
+/// p50, p90, p99 and max of commit → arrival at the SMTP server, in seconds.
+fn latencies(mails: &[Received], committed: &HashMap<String, Instant>) -> [f64; 4] {
+    let mut secs: Vec<f64> = mails
+        .iter()
+        .flat_map(|m| m.record_ids().into_iter().map(move |id| (id, m.at)))
+        .filter_map(|(id, at)| {
+            Some(
+                at.saturating_duration_since(*committed.get(&id)?)
+                    .as_secs_f64(),
+            )
+        })
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    [
+        percentile(&secs, 0.5),
+        percentile(&secs, 0.9),
+        percentile(&secs, 0.99),
+        secs[secs.len() - 1],
+    ]
 }
 
 /// Counts the periodic sweeps `worker` runs until `stop`, from its status.

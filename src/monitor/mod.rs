@@ -1,8 +1,7 @@
 //! The alert worker: listener, dispatcher and sweeper around one shared
-//! [`Worker`]. Triggers record flagged rows (one batch per insert statement,
-//! one alert per verdict update) and NOTIFY; the listener wakes the
-//! dispatcher, which turns batches into alerts, claims, sends and records;
-//! the sweeper catches what no trigger reported. PostgreSQL is the only coordinator between copies.
+//! [`Worker`]. Triggers insert pending alerts and NOTIFY; the listener wakes
+//! the dispatcher, which claims, sends and records; the sweeper catches what
+//! no trigger reported. PostgreSQL is the only coordinator between copies.
 
 pub mod control;
 pub mod dispatcher;
@@ -199,33 +198,19 @@ impl Worker {
     /// One sweep of every watched table (the first one of a process compares
     /// every flagged row; later ones only new rows of integer-id tables).
     pub async fn sweep_once(&self) -> anyhow::Result<SweepReport> {
-        // Reported rows first, so that the sweep finds only what no trigger reported.
-        let mut reported = 0;
-        loop {
-            let (batches, alerts) = queue::expand_batches(&self.0.pool).await?;
-            reported += alerts;
-            if batches < queue::BATCHES_PER_EXPANSION {
-                break;
-            }
-        }
         let full = !self.0.swept_fully.load(Ordering::Relaxed);
         let report = sweeper::sweep(&self.0.pool, &self.snapshot().tables, full).await?;
         self.0.swept_fully.store(true, Ordering::Relaxed);
         self.0.status.note_sweep(&report);
-        if report.found > 0 || reported > 0 {
-            self.wake();
-        }
+        // Also what waits for lack of a wake-up (a lost NOTIFY): the sweep is
+        // the fallback for delivery as well.
+        self.wake();
         Ok(report)
     }
 
     /// Claims one batch of due alerts and delivers it; returns how many
     /// alerts it handled (0 when paused, unconfigured or idle).
     pub async fn deliver_once(&self) -> anyhow::Result<usize> {
-        // Alerts exist (and show in the API) whether or not delivery runs.
-        let (batches, _) = queue::expand_batches(&self.0.pool).await?;
-        if batches == queue::BATCHES_PER_EXPANSION {
-            self.wake();
-        }
         let snapshot = self.snapshot();
         let switches = &snapshot.switches;
         if !switches.monitor_enabled {

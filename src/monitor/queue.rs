@@ -49,40 +49,6 @@ pub struct Outcome {
     pub created_at: Vec<DateTime<Utc>>,
 }
 
-/// Statement batches turned into alerts per call; more wait for the next.
-pub const BATCHES_PER_EXPANSION: i64 = 16;
-
-/// Turns up to [`BATCHES_PER_EXPANSION`] of the batches the insert triggers
-/// recorded into pending alerts, in one statement: a batch is gone exactly
-/// when its alerts exist. Returns (batches, alerts created).
-pub async fn expand_batches(pool: &Pool) -> anyhow::Result<(i64, i64)> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
-    let statement = client
-        .prepare_cached(
-            "WITH b AS (
-                DELETE FROM alert_batches WHERE id = ANY(ARRAY(
-                    SELECT id FROM alert_batches ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-                RETURNING table_name, record_ids, verdicts, created_at),
-             a AS (
-                INSERT INTO email_sent_log (table_name, record_id, verdict, created_at)
-                SELECT b.table_name, u.record_id, u.verdict, b.created_at
-                  FROM b, unnest(b.record_ids, b.verdicts) AS u(record_id, verdict)
-                ON CONFLICT (table_name, record_id, verdict) DO NOTHING
-                RETURNING 1)
-             SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM a)",
-        )
-        .await
-        .context("Failed to prepare the batch expansion")?;
-    let row = client
-        .query_one(&statement, &[&BATCHES_PER_EXPANSION])
-        .await
-        .context("Failed to turn reported rows into alerts")?;
-    Ok((row.get(0), row.get(1)))
-}
-
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
 /// come, and sending ones whose lease ran out), skipping rows another copy holds.
 pub async fn claim(
