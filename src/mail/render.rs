@@ -152,12 +152,14 @@ impl Renderer {
             verdict_counts,
             records: records.iter().map(record_context).collect(),
         };
-        let subject = self.plain.render(SUBJECT, &context)?;
+        // Turned into JSON once for the three templates, not once each.
+        let context = handlebars::Context::wraps(&context)?;
+        let subject = self.plain.render_with_context(SUBJECT, &context)?;
         Ok(RenderedMail {
             // A subject is one line whatever the template did.
             subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
-            html: self.html.render(HTML, &context)?,
-            text: self.plain.render(TEXT, &context)?,
+            html: self.html.render_with_context(HTML, &context)?,
+            text: self.plain.render_with_context(TEXT, &context)?,
         })
     }
 }
