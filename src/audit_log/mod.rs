@@ -92,12 +92,17 @@ mod tests {
         assert_eq!(distinct.len(), ids.len());
         for id in &ids {
             assert_eq!(id.len(), 32, "{id}");
-            assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
             assert_eq!(&id[12..13], "7", "version 7: {id}");
         }
         // A later millisecond sorts later; within one, ids count up, but for
         // the wrap of the 12-bit counter every 4,096 ids.
         let inversions = ids.windows(2).filter(|w| w[0] > w[1]).count();
-        assert!(inversions <= ids.len() / 4096 + 1, "{inversions} out of order");
+        assert!(
+            inversions <= ids.len() / 4096 + 1,
+            "{inversions} out of order"
+        );
     }
 }

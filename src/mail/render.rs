@@ -36,6 +36,20 @@ pub struct RenderedMail {
     pub text: String,
 }
 
+impl RenderedMail {
+    /// The bodies with CRLF line endings, as they go on the wire. Given bare
+    /// LFs, lettre inserts each CR in place, which is quadratic in the size
+    /// of a digest.
+    pub fn with_crlf(self) -> Self {
+        let crlf = |s: String| s.replace("\r\n", "\n").replace('\n', "\r\n");
+        Self {
+            subject: self.subject,
+            html: crlf(self.html),
+            text: crlf(self.text),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("{name}: the template does not compile: {reason}")]
@@ -226,6 +240,18 @@ mod tests {
             row: row.as_object().cloned(),
             alerted_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn bodies_go_out_with_crlf_line_endings() {
+        let mail = RenderedMail {
+            subject: "s".into(),
+            html: "<p>a</p>\n<p>b</p>\r\n".into(),
+            text: "记录 1\n\n原因：x\r\nend".into(),
+        }
+        .with_crlf();
+        assert_eq!(mail.html, "<p>a</p>\r\n<p>b</p>\r\n");
+        assert_eq!(mail.text, "记录 1\r\n\r\n原因：x\r\nend");
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub async fn send_digest(
         .collect();
     let started = std::time::Instant::now();
     let mail = match renderer.render(digest.table, &records) {
-        Ok(mail) => mail,
+        Ok(mail) => mail.with_crlf(),
         Err(e) => {
             let refused = DeliveryError::permanent(e.to_string());
             return judge(digest, retry, &[], &[("", refused)], None);
