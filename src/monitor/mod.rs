@@ -37,10 +37,11 @@ pub const DATA_CHANNEL: &str = "audit_alert";
 pub const CONTROL_CHANNEL: &str = "audit_alert_control";
 
 /// Digests sent at once from one claimed batch.
-const PARALLEL_DIGESTS: usize = 4;
-/// Dispatch loops per copy: under a burst one claims and records while
-/// another renders and sends.
-const DELIVERY_LANES: usize = 2;
+pub const PARALLEL_DIGESTS: usize = 4;
+/// Dispatch loops per copy: under a burst some claim and record while others
+/// render and send. Their claims together bound what a killed copy may have
+/// sent without recording it: lanes × digests × `digest_max_records`.
+pub const DELIVERY_LANES: usize = 3;
 
 /// Cheap to clone; every task holds one.
 #[derive(Clone)]

@@ -4,6 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use audit_alert::monitor::{DELIVERY_LANES, PARALLEL_DIGESTS};
+
 use crate::helpers::*;
 
 #[tokio::test]
@@ -148,9 +150,13 @@ async fn kill_9_in_a_burst_then_restart_mails_every_record() {
     );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("kill -9 after {mailed_at_kill} of 5000 records: {duplicates} mailed twice");
-    // At most what was in flight at the kill: a claimed batch in each of the
-    // two delivery lanes (4 digests of 10 each).
-    assert!(duplicates <= 80, "{duplicates} duplicates");
+    // At most what was in flight at the kill: a claimed batch in each
+    // delivery lane (digests of 10).
+    let bound = DELIVERY_LANES * PARALLEL_DIGESTS * 10;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates, more than {bound}"
+    );
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -208,8 +214,12 @@ async fn three_copies_one_killed_mid_burst_mail_every_record() {
          {rss_peak} KiB peak, {rss_after} KiB after"
     );
     // Only what the killed copy had in flight may repeat: a claim in each of
-    // its two delivery lanes (4 digests of 20 each).
-    assert!(duplicates <= 160, "{duplicates} duplicates");
+    // its delivery lanes (digests of 20).
+    let bound = DELIVERY_LANES * PARALLEL_DIGESTS * 20;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates, more than {bound}"
+    );
 }
 
 #[tokio::test]
