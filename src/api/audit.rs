@@ -98,6 +98,18 @@ fn body_value(bytes: &[u8]) -> Option<Value> {
     }))
 }
 
+/// Counts an API call by operation and status, audited or not.
+fn count_request(requests: Option<&super::metrics::HttpRequests>, response: &Response) {
+    if let (Some(op), Some(requests)) = (response.data::<OperationId>(), requests) {
+        requests
+            .get_or_create(&vec![
+                ("operation", op.0.to_owned()),
+                ("status", response.status().as_u16().to_string()),
+            ])
+            .inc();
+    }
+}
+
 /// Limits the body, then records the call in the audit log (for `/api/**`,
 /// unless auditing is off, which only the benchmarks do).
 pub async fn gate<E: Endpoint>(
@@ -122,11 +134,16 @@ pub async fn gate<E: Endpoint>(
         Ok(b) => b,
         Err(_) => return Ok(too_large()),
     };
+    let http_requests = req
+        .data::<super::AppState>()
+        .map(|s| s.http_requests.clone());
     let layer = match layer {
         Some(layer) if req.uri().path().starts_with("/api/") => layer,
         _ => {
             req.set_body(body);
-            return Ok(next.call(req).await?.into_response());
+            let response = next.call(req).await?.into_response();
+            count_request(http_requests.as_ref(), &response);
+            return Ok(response);
         }
     };
     // Reserve the entry's place first: a call that cannot be audited is not made.
@@ -143,9 +160,6 @@ pub async fn gate<E: Endpoint>(
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default();
     let ip = layer.client_ip(&req);
-    let http_requests = req
-        .data::<super::AppState>()
-        .map(|s| s.http_requests.clone());
     // The operation's security checker fills this in when the token is valid.
     let slot = PrincipalSlot::default();
     req.set_data(slot.clone());
@@ -156,14 +170,7 @@ pub async fn gate<E: Endpoint>(
     let principal = slot.take();
     let status = response.status();
     let operation = response.data::<OperationId>().copied();
-    if let (Some(op), Some(requests)) = (operation, &http_requests) {
-        requests
-            .get_or_create(&vec![
-                ("operation", op.0.to_owned()),
-                ("status", status.as_u16().to_string()),
-            ])
-            .inc();
-    }
+    count_request(http_requests.as_ref(), &response);
     let Some(audit) = operation.and_then(|op| layer.declarations.get(op.0)) else {
         // No operation matched (unknown path or method): nothing was done.
         return Ok(response);
