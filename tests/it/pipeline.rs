@@ -259,6 +259,33 @@ async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
     app.stop().await;
 }
 
+/// A wake-up that never arrives (here the listener does not listen for
+/// alerts at all) delays an alert only until the next sweep, which hands
+/// what waits to the dispatcher; the dispatcher's own idle re-check comes
+/// only every minute, later than this test's deadline.
+#[tokio::test]
+async fn an_alert_whose_notify_was_missed_goes_out_with_the_next_sweep() {
+    let db = TestDb::new().await;
+    let smtp = SmtpServer::start();
+    db.migrate().await;
+    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    let mut config = db.config();
+    config.listen_for_alerts = false;
+    let app = audit_alert::app::App::start(&config).await.unwrap();
+    wait_until_listening(&app).await;
+
+    let ids = insert_audit_rows(&db.client().await, 2, FAIL).await;
+    let report = app.worker().sweep_once().await.unwrap();
+    assert_eq!(report.found, 0, "the trigger did record the alerts");
+    let mails = smtp.wait_for_records(2).await;
+    let counts = id_counts(&mails);
+    assert!(
+        ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
+        "{counts:?}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_smtp_outage_is_retried_until_the_server_is_back() {
     let db = TestDb::new().await;
