@@ -82,7 +82,7 @@ pub async fn metrics(state: Data<&AppState>) -> Response {
     );
     registry.register(
         "sent_latency_seconds",
-        "From an alert being recorded (the writing transaction) to the SMTP server accepting it, this copy",
+        "From an alert being recorded (the writing transaction) to the SMTP server accepting it, retries and re-sends included, this copy",
         status.sent_latency(),
     );
     registry.register(
