@@ -135,8 +135,8 @@ fn transient(words: &str) -> DeliveryError {
 }
 
 /// A digest's subject and bodies, encoded once for all its recipients:
-/// base64, which suits text that is largely Chinese and is the cheapest to
-/// produce and to read.
+/// base64, the cheapest encoding to produce and to read, and more compact
+/// than quoted-printable for the Chinese text.
 struct Bodies {
     subject: String,
     text: Body,
