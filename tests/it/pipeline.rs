@@ -604,8 +604,12 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     .await;
     // Anything still on its way would be delivered by this call.
     app.worker().deliver_once().await.unwrap();
-    assert_eq!(received(&smtp.received()), expected);
-    assert!(!expected.contains(&text(rolled_back)));
+    let arrived = received(&smtp.received());
+    assert!(
+        !arrived.contains(&text(rolled_back)),
+        "the row rolled back to its savepoint was mailed"
+    );
+    assert_eq!(arrived, expected);
     let alerts: i64 = client
         .query_one("SELECT count(*) FROM email_sent_log", &[])
         .await
