@@ -53,8 +53,8 @@ pub struct Config {
     /// Always true from the environment; the benchmarks turn it off to
     /// measure what auditing costs.
     pub audit_enabled: bool,
-    /// Always true from the environment; the benchmarks turn it off to
-    /// measure delivery by the fallback sweep alone (polling).
+    /// Always true from the environment; a benchmark and a test turn it off
+    /// to see delivery by the fallback sweep alone (polling).
     pub listen_for_alerts: bool,
 }
 
