@@ -212,21 +212,24 @@ pub async fn gate<E: Endpoint>(
             .and_then(|p| p.get("detail")?.as_str().map(str::to_owned))
             .unwrap_or_else(|| status.to_string())
     });
-    permit.send(Entry {
-        audit_id: new_audit_id(),
-        operation_time,
-        operation_ip: ip,
-        operator_id: principal.as_ref().map(|p| p.operator_id.clone()),
-        operator_org_id: principal.as_ref().and_then(|p| p.org_id.clone()),
-        role_id: principal.as_ref().map(|p| p.role.as_str().to_owned()),
-        request_params: params,
-        response_result: result,
-        operation_url: url,
-        operation_method: method,
-        operation_desc: audit.description.to_owned(),
-        operation_result: if failed { "1" } else { "0" },
-        error_msg,
-        duration_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
-    });
+    permit.send(
+        Entry {
+            audit_id: new_audit_id(),
+            operation_time,
+            operation_ip: ip,
+            operator_id: principal.as_ref().map(|p| p.operator_id.clone()),
+            operator_org_id: principal.as_ref().and_then(|p| p.org_id.clone()),
+            role_id: principal.as_ref().map(|p| p.role.as_str().to_owned()),
+            request_params: params,
+            response_result: result,
+            operation_url: url,
+            operation_method: method,
+            operation_desc: audit.description.to_owned(),
+            operation_result: if failed { "1" } else { "0" },
+            error_msg,
+            duration_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
+        }
+        .storable(),
+    );
     Ok(Response::from_parts(parts, body))
 }

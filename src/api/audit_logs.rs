@@ -63,8 +63,16 @@ pub struct AuditLogEntry {
 
 const COLUMNS: &str =
     "audit_id, operation_time, operation_ip, operator_id, operator_org_id, role_id,
-     request_params, response_result, operation_url, operation_method, operation_desc,
+     request_params::text, response_result::text, operation_url, operation_method, operation_desc,
      operation_result, error_msg, duration_ms";
+
+/// Stored JSON as the API shows it. `jsonb` keeps numbers serde_json cannot
+/// read back (1.7976931348623157e308 returns as 309 digits); such a value is
+/// shown as the text PostgreSQL returned instead of failing the read.
+fn stored_json(r: &Row, column: usize) -> Option<serde_json::Value> {
+    r.get::<_, Option<String>>(column)
+        .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
 
 fn to_entry(r: &Row) -> AuditLogEntry {
     AuditLogEntry {
@@ -74,8 +82,8 @@ fn to_entry(r: &Row) -> AuditLogEntry {
         operator_id: r.get(3),
         operator_org_id: r.get(4),
         role_id: r.get(5),
-        request_params: r.get(6),
-        response_result: r.get(7),
+        request_params: stored_json(r, 6),
+        response_result: stored_json(r, 7),
         operation_url: r.get(8),
         operation_method: r.get(9),
         operation_desc: r.get(10),

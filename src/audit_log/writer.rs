@@ -41,6 +41,64 @@ pub struct Entry {
     pub duration_ms: i32,
 }
 
+impl Entry {
+    /// The entry as PostgreSQL can store it: text and `jsonb` cannot hold
+    /// U+0000, which a caller may send (`%00`, `"\u0000"`); it becomes U+FFFD.
+    /// Without this, one such call would fail every write of its batch.
+    pub fn storable(mut self) -> Self {
+        for v in [&mut self.request_params, &mut self.response_result]
+            .into_iter()
+            .flatten()
+        {
+            without_nul(v);
+        }
+        for text in [
+            &mut self.operation_ip,
+            &mut self.operator_id,
+            &mut self.operator_org_id,
+            &mut self.role_id,
+            &mut self.error_msg,
+        ]
+        .into_iter()
+        .flatten()
+        .chain([
+            &mut self.operation_url,
+            &mut self.operation_method,
+            &mut self.operation_desc,
+        ]) {
+            replace_nul(text);
+        }
+        self
+    }
+}
+
+fn replace_nul(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{FFFD}");
+    }
+}
+
+fn without_nul(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => replace_nul(s),
+        Value::Array(items) => items.iter_mut().for_each(without_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(mut k, v)| {
+                        replace_nul(&mut k);
+                        (k, v)
+                    })
+                    .collect();
+            }
+            map.values_mut().for_each(without_nul);
+        }
+        _ => {}
+    }
+}
+
 /// Counters for status pages and metrics.
 #[derive(Default)]
 pub struct WriterStats {
@@ -281,4 +339,36 @@ pub async fn purge(pool: &Pool, days: u64) -> anyhow::Result<u64> {
         .context("Failed to purge the audit log")?;
     tx.commit().await.context("Failed to finish the purge")?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storable_entries_hold_no_nul_in_keys_values_or_text() {
+        let entry = Entry {
+            audit_id: "0".repeat(32),
+            operation_time: Utc::now(),
+            operation_ip: None,
+            operator_id: Some("a\0b".into()),
+            operator_org_id: None,
+            role_id: None,
+            request_params: Some(serde_json::json!({"k\u{0}": ["v\u{0}", {"x": "\u{0}"}], "n": 1})),
+            response_result: None,
+            operation_url: "/api/x".into(),
+            operation_method: "GET".into(),
+            operation_desc: "d".into(),
+            operation_result: "1",
+            error_msg: Some("bad\0".into()),
+            duration_ms: 0,
+        }
+        .storable();
+        assert_eq!(
+            entry.request_params.unwrap(),
+            serde_json::json!({"k\u{FFFD}": ["v\u{FFFD}", {"x": "\u{FFFD}"}], "n": 1})
+        );
+        assert_eq!(entry.operator_id.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(entry.error_msg.as_deref(), Some("bad\u{FFFD}"));
+    }
 }

@@ -404,3 +404,66 @@ async fn the_audit_log_is_append_only_but_for_the_retention_purge() {
     );
     app.stop().await;
 }
+
+/// Input PostgreSQL cannot store as sent (U+0000) or that comes back from
+/// `jsonb` in a form serde_json cannot read (the largest double) is still
+/// audited, does not hold up the entries after it, and reads back.
+#[tokio::test]
+async fn awkward_input_is_audited_and_read_back() {
+    let db = TestDb::new().await;
+    let app = db.start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", app.addr());
+    for body in [
+        r#"{"table_name":"audit_results","email":"nul@example.com","note":"x\u0000y"}"#,
+        r#"{"table_name":"audit_results","email":"big@example.com","name":"n","n":1.7976931348623157e308}"#,
+    ] {
+        http.post(format!("{base}/api/config/recipients"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    http.get(format!("{base}/api/config/recipients?table_name=a%00b"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    // The three calls above, in one batch or several, and a later one.
+    client(&app).monitor_status().await.unwrap();
+    let db_client = db.client().await;
+    wait_for_count_query(&db_client, "SELECT count(*) FROM audit_log", 4).await;
+    // As text: serde_json cannot read the largest double back from jsonb.
+    let params: Vec<String> = db_client
+        .query(
+            "SELECT request_params::text FROM audit_log ORDER BY audit_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(params[0].contains("x\u{FFFD}y"), "body: {}", params[0]);
+    assert!(
+        params[1].contains("1797693134862315"),
+        "body: {}",
+        params[1]
+    );
+    assert!(params[2].contains("a\u{FFFD}b"), "query: {}", params[2]);
+
+    let listed = http
+        .get(format!("{base}/api/audit-logs?page_size=10"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed: serde_json::Value = listed.json().await.unwrap();
+    let text = listed.to_string();
+    assert!(text.contains("1797693134862315"), "{text}");
+    assert!(text.contains("x\u{FFFD}y"), "{text}");
+    app.stop().await;
+}
