@@ -24,10 +24,15 @@ pub struct SweepReport {
     pub tables: usize,
     /// Tables skipped because another copy was sweeping them.
     pub skipped: usize,
+    /// Tables that could not be swept (a column renamed or dropped since the
+    /// table was watched, say), with the reason; the others still were.
+    pub failed: Vec<(String, String)>,
     pub duration: Duration,
 }
 
 /// Sweeps every table; `full` compares every flagged row, not only new ones.
+/// One table that cannot be swept does not hold back the others; the sweep
+/// fails only when no table could be swept.
 pub async fn sweep(
     pool: &Pool,
     tables: &[WatchedTable],
@@ -35,14 +40,23 @@ pub async fn sweep(
 ) -> anyhow::Result<SweepReport> {
     let started = Instant::now();
     let mut report = SweepReport::default();
+    let mut first_error = None;
     for table in tables {
-        match sweep_table(pool, table, full).await? {
-            Some(found) => {
+        match sweep_table(pool, table, full).await {
+            Ok(Some(found)) => {
                 report.found += found;
                 report.tables += 1;
             }
-            None => report.skipped += 1,
+            Ok(None) => report.skipped += 1,
+            Err(e) => {
+                tracing::error!(table = %table.name, error = format!("{e:#}"), "table not swept");
+                report.failed.push((table.name.clone(), format!("{e:#}")));
+                first_error.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = first_error.filter(|_| report.tables + report.skipped == 0) {
+        return Err(e);
     }
     report.duration = started.elapsed();
     Ok(report)

@@ -305,3 +305,101 @@ async fn passwords_the_old_system_stored_in_clear_are_encrypted_once_a_key_is_se
     );
     app.stop().await;
 }
+
+mod up_to_v2 {
+    refinery::embed_migrations!("db/migrations");
+}
+
+/// Migration 3 gives every table watched by an earlier version the new
+/// trigger body; a table whose columns changed since keeps its old triggers,
+/// and the upgrade goes on.
+#[tokio::test]
+async fn triggers_installed_by_an_earlier_version_are_renewed_on_upgrade() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    up_to_v2::migrations::runner()
+        .set_target(refinery::Target::Version(2))
+        .run_async(&mut client)
+        .await
+        .unwrap();
+    comments_table(&client, "bigint", 0).await;
+    client
+        .batch_execute("CREATE TABLE renamed (id bigserial PRIMARY KEY, verdict text)")
+        .await
+        .unwrap();
+    for (relation, table, id, verdict) in [
+        ("\"Comments\"", "Comments", "cid", "Moderation"),
+        ("renamed", "renamed", "id", "verdict"),
+    ] {
+        client
+            .execute(
+                "WITH t AS (SELECT audit_alert_install_trigger($1::text::regclass, $2, $3, $4,
+                                                               '{reject}') AS id_type)
+                 INSERT INTO watched_tables (table_name, relation, id_column, id_type,
+                                             verdict_column, alert_verdicts)
+                 SELECT $2, $1::text::regclass, $3, id_type, $4, '{reject}' FROM t",
+                &[&relation, &table, &id, &verdict],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute("ALTER TABLE renamed RENAME COLUMN verdict TO outcome")
+        .await
+        .unwrap();
+    let body = |relation: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT prosrc FROM pg_proc
+                      WHERE proname = 'audit_alert_enqueue_' || $1::text::regclass::oid",
+                    &[&relation],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    for relation in ["\"Comments\"", "audit_results", "renamed"] {
+        assert!(body(relation).await.contains("pg_notify"), "{relation}");
+    }
+
+    db.migrate().await;
+
+    for relation in ["\"Comments\"", "audit_results", "image_audit_results"] {
+        let renewed = body(relation).await;
+        assert!(
+            renewed.contains("NOTIFY audit_alert;") && !renewed.contains("pg_notify"),
+            "{relation}: {renewed}"
+        );
+    }
+    assert!(body("renamed").await.contains("pg_notify"));
+
+    let smtp = SmtpServer::start();
+    configure(&db, smtp.port, &[("Comments", "mods@example.com")]).await;
+    let app = db.start().await;
+    wait_until_listening(&app).await;
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO \"Comments\" (\"Moderation\", body) VALUES ('reject', 'after') RETURNING cid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mails = smtp.wait_for_count(1).await;
+    assert_eq!(mails[0].record_ids(), [id.to_string()]);
+    // The broken table does not hold back the sweep of the others.
+    let report = app.worker().sweep_once().await.unwrap();
+    assert_eq!(report.tables, 3, "{report:?}");
+    assert_eq!(
+        report
+            .failed
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect::<Vec<_>>(),
+        ["renamed"]
+    );
+    app.stop().await;
+}
