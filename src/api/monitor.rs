@@ -47,6 +47,13 @@ pub struct ListenerInfo {
     pub last_notification: Option<DateTime<Utc>>,
 }
 
+/// A watched table the sweep could not sweep.
+#[derive(Object)]
+pub struct SweepFailure {
+    pub table: String,
+    pub error: String,
+}
+
 /// The fallback sweep of this copy.
 #[derive(Object)]
 pub struct SweepInfo {
@@ -56,6 +63,9 @@ pub struct SweepInfo {
     pub last_duration_ms: Option<f64>,
     /// Rows the last sweep found that no trigger had reported.
     pub last_found: u64,
+    /// Tables the last sweep could not sweep (a column renamed or dropped
+    /// since the table was watched, say); the other tables were swept.
+    pub last_failed: Vec<SweepFailure>,
     #[oai(skip_serializing_if_is_none)]
     pub next_sweep: Option<DateTime<Utc>>,
 }
@@ -176,6 +186,14 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
             last_sweep: times.last_sweep,
             last_duration_ms: times.last_sweep_duration.map(|d| d.as_secs_f64() * 1e3),
             last_found: times.last_sweep_found,
+            last_failed: times
+                .last_sweep_failed
+                .iter()
+                .map(|(table, error)| SweepFailure {
+                    table: table.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
             next_sweep: times.next_sweep,
         },
         queue: QueueInfo {

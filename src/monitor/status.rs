@@ -37,6 +37,8 @@ pub struct Times {
     pub last_sweep: Option<DateTime<Utc>>,
     pub last_sweep_duration: Option<Duration>,
     pub last_sweep_found: u64,
+    /// Tables the last sweep could not sweep, with the reason.
+    pub last_sweep_failed: Vec<(String, String)>,
     pub next_sweep: Option<DateTime<Utc>>,
 }
 
@@ -91,6 +93,7 @@ impl MonitorStatus {
         t.last_sweep = Some(Utc::now());
         t.last_sweep_duration = Some(report.duration);
         t.last_sweep_found = report.found;
+        t.last_sweep_failed = report.failed.clone();
     }
 
     pub(crate) fn set_next_sweep(&self, after: Duration) {

@@ -401,5 +401,10 @@ async fn triggers_installed_by_an_earlier_version_are_renewed_on_upgrade() {
             .collect::<Vec<_>>(),
         ["renamed"]
     );
+    let failed = app.worker().status().times().last_sweep_failed;
+    assert!(
+        failed.len() == 1 && failed[0].1.contains("verdict"),
+        "{failed:?}"
+    );
     app.stop().await;
 }
