@@ -93,6 +93,25 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
                 table.name, table.name
             ))
         });
+        let missing: Vec<String> = client
+            .query_one(
+                "SELECT ARRAY(SELECT c FROM unnest(ARRAY[$2::text, $3::text]) c
+                               WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                                  WHERE a.attrelid = $1::text::regclass
+                                                    AND a.attname = c AND a.attnum > 0
+                                                    AND NOT a.attisdropped))",
+                &[&table.relation, &table.id_column, &table.verdict_column],
+            )
+            .await?
+            .get(0);
+        if !missing.is_empty() {
+            findings.push(Finding::Fail(format!(
+                "{}: column {} no longer exists; its trigger fails on flagged rows and the sweep skips the table (watch it again with its columns: PUT /api/config/tables/{})",
+                table.name,
+                missing.join(", "),
+                table.name
+            )));
+        }
         let n = snapshot.recipients.get(&table.name).map_or(0, Vec::len);
         findings.push(if n > 0 {
             Finding::Ok(format!("{}: {n} active recipient(s)", table.name))

@@ -259,4 +259,17 @@ async fn check_tells_what_is_in_order_and_what_is_not() {
         text.contains("FAIL  audit_results: its alert triggers are missing or disabled"),
         "{text}"
     );
+    assert!(!text.contains("no longer exists"), "{text}");
+
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE image_audit_results RENAME COLUMN audit_result TO outcome")
+        .await
+        .unwrap();
+    let (code, text) = check();
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("FAIL  image_audit_results: column audit_result no longer exists"),
+        "{text}"
+    );
 }
