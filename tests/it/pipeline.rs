@@ -618,3 +618,59 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     assert_eq!(alerts, expected.len() as i64);
     app.stop().await;
 }
+
+/// A burst arrives faster than autovacuum analyzes: the planner's statistics
+/// still describe a nearly empty outbox. The claim must read the due index in
+/// order anyway instead of collecting and sorting every due alert each time.
+#[tokio::test]
+async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
+    use audit_alert::monitor::queue;
+
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let client = db.client().await;
+    client
+        .batch_execute("ALTER TABLE email_sent_log SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    // Two transactions, so the first one's alerts are due first.
+    let first = insert_audit_rows(&client, 10_000, FAIL).await;
+    insert_audit_rows(&client, 10_000, FAIL).await;
+    let tables = vec!["audit_results".to_owned(), "image_audit_results".to_owned()];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&tables, &800i64, &"tester", &60.0f64];
+
+    client
+        .batch_execute(&format!("BEGIN; {}", queue::DUE_PLAN))
+        .await
+        .unwrap();
+    let plan: serde_json::Value = client
+        .query_one(&format!("EXPLAIN (FORMAT JSON) {}", queue::CLAIM), &params)
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let plan = plan.to_string();
+    assert!(plan.contains("\"email_sent_log_due\""), "{plan}");
+    assert!(!plan.contains("\"Sort\""), "the claim sorts: {plan}");
+    assert!(!plan.contains("Bitmap"), "the claim collects: {plan}");
+
+    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
+    let claimed = queue::claim(
+        &pool,
+        &tables,
+        800,
+        "tester",
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 800);
+    let first: std::collections::HashSet<String> = first.iter().map(|id| id.to_string()).collect();
+    assert!(
+        claimed.iter().all(|a| first.contains(&a.record_id)),
+        "the earliest due alerts come first"
+    );
+    let due = queue::next_due(&pool, &tables).await.unwrap();
+    assert!(due.is_some(), "19,200 alerts are still due");
+}
