@@ -49,13 +49,16 @@ pub struct Outcome {
     pub created_at: Vec<DateTime<Utc>>,
 }
 
-/// Planner settings for the look-ups of due work, set for their transaction
-/// only. Right after a burst the table's statistics still describe it as it
-/// was before (autovacuum analyzes later); the planner then expects a handful
-/// of due alerts and collects and sorts all of them for every claim, so that
-/// draining n alerts costs O(n²). Reading the small partial index
-/// `email_sent_log_due` in order is the right plan at any size.
-pub const DUE_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
+/// Planner settings for the outbox statements of delivery, set for their
+/// transaction only. Right after a burst the statistics still describe the
+/// tables as they were before (autovacuum analyzes later). The planner then
+/// expects a handful of due alerts: it collected and sorted all of them for
+/// every claim, and combined the whole due index with the primary key to
+/// record each outcome, so that draining n alerts cost O(n²). Reading
+/// `email_sent_log_due` in order, and rows by their key, is the right plan at
+/// any size.
+pub const INDEX_PLAN: &str =
+    "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
 
 /// The claim: `$1` tables, `$2` most alerts, `$3` worker, `$4` lease in seconds.
 pub const CLAIM: &str = "
@@ -74,17 +77,40 @@ pub const CLAIM: &str = "
                 ELSE ARRAY(SELECT jsonb_object_keys(e.failed_recipients)) END,
            e.created_at";
 
-/// A transaction with [`DUE_PLAN`].
-async fn due_transaction(
+/// Records one digest's outcome: `$1` worker, `$2` ids, `$3` status,
+/// `$4` delivered to, `$5` refused by, `$6` error, `$7` message id,
+/// `$8` retry in milliseconds.
+///
+/// Only the claim sets `locked_by` (with status `sending`), and every later
+/// change of the row clears it, so `locked_by` alone says the lease is still
+/// this worker's. A condition on the status would let the planner read the
+/// whole due index instead of the primary key.
+pub const RECORD_OUTCOME: &str = "
+    UPDATE email_sent_log e
+       SET status = $3::text,
+           delivered_to = $4::text[],
+           failed_recipients = CASE WHEN $5::jsonb = '{}' THEN e.failed_recipients
+                                    ELSE e.failed_recipients || $5::jsonb END,
+           error_message = COALESCE($6::text, e.error_message),
+           message_id = COALESCE($7::text, e.message_id),
+           sent_at = CASE WHEN $3::text = 'sent' THEN now() ELSE e.sent_at END,
+           next_attempt_at = now() + make_interval(secs => $8::bigint / 1000.0),
+           locked_by = NULL,
+           recipients = array_to_string($4::text[], ','),
+           updated_at = now()
+     WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
+
+/// A transaction with [`INDEX_PLAN`].
+async fn indexed_transaction(
     client: &mut deadpool_postgres::Client,
 ) -> anyhow::Result<deadpool_postgres::Transaction<'_>> {
     let tx = client
         .transaction()
         .await
         .context("Failed to start a transaction")?;
-    tx.batch_execute(DUE_PLAN)
+    tx.batch_execute(INDEX_PLAN)
         .await
-        .context("Failed to set up the look-up of due alerts")?;
+        .context("Failed to set up an outbox statement")?;
     Ok(tx)
 }
 
@@ -101,7 +127,7 @@ pub async fn claim(
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = due_transaction(&mut client).await?;
+    let tx = indexed_transaction(&mut client).await?;
     let rows = tx
         .query(CLAIM, &[&tables, &limit, &worker, &lease.as_secs_f64()])
         .await
@@ -130,7 +156,7 @@ pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = due_transaction(&mut client).await?;
+    let tx = indexed_transaction(&mut client).await?;
     let n = tx
         .execute(
             "UPDATE email_sent_log SET status = 'suppressed', updated_at = now()
@@ -154,21 +180,26 @@ pub async fn unclaim(
     ids: &[i64],
     suppress: bool,
 ) -> anyhow::Result<u64> {
-    let client = pool
+    let mut client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    client
+    let tx = indexed_transaction(&mut client).await?;
+    let n = tx
         .execute(
             "UPDATE email_sent_log
                 SET status = CASE WHEN $3 THEN 'suppressed' ELSE 'pending' END,
                     attempts = attempts - 1, next_attempt_at = now(), locked_by = NULL,
                     updated_at = now()
-              WHERE id = ANY($2) AND locked_by = $1 AND status = 'sending'",
+              WHERE id = ANY($2) AND locked_by = $1",
             &[&worker, &ids, &suppress],
         )
         .await
-        .context("Failed to give back claimed alerts")
+        .context("Failed to give back claimed alerts")?;
+    tx.commit()
+        .await
+        .context("Failed to give back claimed alerts")?;
+    Ok(n)
 }
 
 /// Records outcomes, only for alerts this worker still holds.
@@ -176,31 +207,18 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
     if outcomes.is_empty() {
         return Ok(0);
     }
-    let client = pool
+    let mut client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let statement = client
-        .prepare_cached(
-            "UPDATE email_sent_log e
-                SET status = $3::text,
-                    delivered_to = $4::text[],
-                    failed_recipients = CASE WHEN $5::jsonb = '{}' THEN e.failed_recipients
-                                             ELSE e.failed_recipients || $5::jsonb END,
-                    error_message = COALESCE($6::text, e.error_message),
-                    message_id = COALESCE($7::text, e.message_id),
-                    sent_at = CASE WHEN $3::text = 'sent' THEN now() ELSE e.sent_at END,
-                    next_attempt_at = now() + make_interval(secs => $8::bigint / 1000.0),
-                    locked_by = NULL,
-                    recipients = array_to_string($4::text[], ','),
-                    updated_at = now()
-              WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text AND e.status = 'sending'",
-        )
+    let tx = indexed_transaction(&mut client).await?;
+    let statement = tx
+        .prepare_cached(RECORD_OUTCOME)
         .await
         .context("Failed to prepare the outcome update")?;
     let mut recorded = 0;
     for o in outcomes {
-        recorded += client
+        recorded += tx
             .execute(
                 &statement,
                 &[
@@ -217,6 +235,9 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
             .await
             .context("Failed to record delivery outcomes")?;
     }
+    tx.commit()
+        .await
+        .context("Failed to record delivery outcomes")?;
     Ok(recorded)
 }
 
@@ -226,7 +247,7 @@ pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<D
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = due_transaction(&mut client).await?;
+    let tx = indexed_transaction(&mut client).await?;
     // Not min(): the planner would take it from whichever index it likes.
     let row = tx
         .query_opt(
@@ -257,12 +278,16 @@ pub async fn fetch_rows(
         rel = table.relation,
         ty = table.id_type,
     );
-    let client = pool
+    let mut client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let rows = client
+    let tx = indexed_transaction(&mut client).await?;
+    let rows = tx
         .query(&sql, &[&record_ids])
+        .await
+        .with_context(|| format!("Failed to read rows of {}", table.name))?;
+    tx.commit()
         .await
         .with_context(|| format!("Failed to read rows of {}", table.name))?;
     Ok(rows

@@ -619,6 +619,26 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     app.stop().await;
 }
 
+/// The plan of `sql` under the delivery's planner settings, as JSON text.
+async fn explain(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
+    use audit_alert::monitor::queue;
+    client
+        .batch_execute(&format!("BEGIN; {}", queue::INDEX_PLAN))
+        .await
+        .unwrap();
+    let plan: serde_json::Value = client
+        .query_one(&format!("EXPLAIN (FORMAT JSON) {sql}"), params)
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    plan.to_string()
+}
+
 /// A burst arrives faster than autovacuum analyzes: the planner's statistics
 /// still describe a nearly empty outbox. The claim must read the due index in
 /// order anyway instead of collecting and sorting every due alert each time.
@@ -640,20 +660,28 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
         [&tables, &800i64, &"tester", &60.0f64];
 
-    client
-        .batch_execute(&format!("BEGIN; {}", queue::DUE_PLAN))
-        .await
-        .unwrap();
-    let plan: serde_json::Value = client
-        .query_one(&format!("EXPLAIN (FORMAT JSON) {}", queue::CLAIM), &params)
-        .await
-        .unwrap()
-        .get(0);
-    client.batch_execute("ROLLBACK").await.unwrap();
-    let plan = plan.to_string();
+    let plan = explain(&client, queue::CLAIM, &params).await;
     assert!(plan.contains("\"email_sent_log_due\""), "{plan}");
     assert!(!plan.contains("\"Sort\""), "the claim sorts: {plan}");
     assert!(!plan.contains("Bitmap"), "the claim collects: {plan}");
+    let ids: Vec<i64> = (1..=200).collect();
+    let refused = serde_json::json!({});
+    let outcome: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        &"tester",
+        &ids,
+        &"sent",
+        &vec!["oncall@example.com"],
+        &refused,
+        &None::<String>,
+        &None::<String>,
+        &0i64,
+    ];
+    let plan = explain(&client, queue::RECORD_OUTCOME, &outcome).await;
+    assert!(plan.contains("\"email_sent_log_pkey\""), "{plan}");
+    assert!(
+        !plan.contains("email_sent_log_due"),
+        "recording an outcome reads the due index: {plan}"
+    );
 
     let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
     let claimed = queue::claim(
