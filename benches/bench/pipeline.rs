@@ -235,11 +235,17 @@ pub async fn trigger_overhead(results: &mut Results, rows: &mut Rows) {
         ] {
             let mut with = Vec::new();
             let mut without = Vec::new();
-            for _ in 0..rounds {
-                for (table, into) in [
+            for round in 0..rounds {
+                // Which table goes first alternates, so that neither side
+                // always follows the other's writes (checkpoints, WAL).
+                let mut order = [
                     ("audit_results", &mut with),
                     ("plain_results", &mut without),
-                ] {
+                ];
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for (table, into) in order {
                     let sql = format!(
                         "INSERT INTO {table} (verdict, url, reason)
                          SELECT $1, 'https://example.com/' || g, 'r' FROM generate_series(1, $2::bigint) g"
