@@ -754,3 +754,76 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
     let lease_end = queue::next_due(&pool, &images_only).await.unwrap().unwrap();
     assert!(lease_end > chrono::Utc::now() + chrono::Duration::seconds(50));
 }
+
+/// A worker whose lease ran out and was taken over records nothing: only the
+/// worker that holds the lease now (`locked_by`) may record the outcome.
+#[tokio::test]
+async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing() {
+    use audit_alert::monitor::queue::{self, Outcome};
+
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let client = db.client().await;
+    insert_audit_rows(&client, 5, FAIL).await;
+    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
+    let tables = vec!["audit_results".to_owned()];
+    let expired = std::time::Duration::ZERO;
+    let first = queue::claim(&pool, &tables, 10, "first", expired)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 5);
+    let second = queue::claim(&pool, &tables, 10, "second", expired)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 5, "the expired lease is taken over");
+    let ids: Vec<i64> = first.iter().map(|a| a.id).collect();
+    let outcome = |status: &'static str, to: &str| Outcome {
+        ids: ids.clone(),
+        status,
+        delivered_to: vec![to.to_owned()],
+        refused: serde_json::json!({}),
+        last_error: None,
+        retry_in_ms: 0,
+        message_id: Some(format!("<{to}>")),
+        smtp_errors: Vec::new(),
+        created_at: Vec::new(),
+    };
+
+    let late = [outcome("sent", "late@example.com")];
+    assert_eq!(queue::complete(&pool, "first", &late).await.unwrap(), 0);
+    assert_eq!(
+        queue::unclaim(&pool, "first", &ids, false).await.unwrap(),
+        0
+    );
+    let holders: Vec<(String, Option<String>)> = client
+        .query("SELECT status, locked_by FROM email_sent_log", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        holders
+            .iter()
+            .all(|(s, w)| s == "sending" && w.as_deref() == Some("second")),
+        "{holders:?}"
+    );
+
+    let current = [outcome("sent", "oncall@example.com")];
+    assert_eq!(queue::complete(&pool, "second", &current).await.unwrap(), 5);
+    let recorded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM email_sent_log WHERE status = 'sent' AND locked_by IS NULL
+                AND message_id = '<oncall@example.com>'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 5);
+    assert_eq!(
+        queue::complete(&pool, "second", &current).await.unwrap(),
+        0,
+        "recorded once"
+    );
+}
