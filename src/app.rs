@@ -172,6 +172,7 @@ impl App {
             self.audit_writer.abort();
         }
         self.pool.close();
+        self.worker.close();
         tracing::info!("audit-alert stopped");
     }
 }

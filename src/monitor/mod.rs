@@ -49,6 +49,9 @@ pub struct Worker(Arc<Inner>);
 
 struct Inner {
     pool: Pool,
+    /// The outbox statements of delivery: connections of their own, with
+    /// [`queue::PLANNER_SETTINGS`], one per lane and one for the next due time.
+    delivery: Pool,
     secrets: Option<SecretBox>,
     /// Most SMTP connections this copy opens at once.
     smtp_pool_size: u32,
@@ -81,8 +84,10 @@ impl Worker {
         smtp_pool_size: u32,
         listen_for_alerts: bool,
     ) -> anyhow::Result<Self> {
+        let delivery = queue::delivery_pool(&db_config, DELIVERY_LANES + 1)?;
         let worker = Self(Arc::new(Inner {
             pool,
+            delivery,
             secrets,
             smtp_pool_size,
             listen_for_alerts,
@@ -114,6 +119,11 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+
+    /// Closes the delivery's connections (when the service stops).
+    pub fn close(&self) {
+        self.0.delivery.close();
     }
 
     pub fn status(&self) -> &MonitorStatus {
@@ -219,7 +229,7 @@ impl Worker {
         }
         let limit = (switches.digest_max_records * PARALLEL_DIGESTS) as i64;
         if !switches.email_enabled {
-            return Ok(queue::suppress_due(&self.0.pool, limit).await? as usize);
+            return Ok(queue::suppress_due(&self.0.delivery, limit).await? as usize);
         }
         let Some(mailer) = self.0.mailer.lock().expect("mailer lock").clone() else {
             return Ok(0);
@@ -228,7 +238,7 @@ impl Worker {
         if tables.is_empty() {
             return Ok(0);
         }
-        let pool = &self.0.pool;
+        let pool = &self.0.delivery;
         let started = std::time::Instant::now();
         let claimed =
             queue::claim(pool, &tables, limit, &self.0.id, switches.sending_lease).await?;
@@ -327,7 +337,7 @@ impl Worker {
         if !switches.monitor_enabled || self.0.mailer.lock().expect("mailer lock").is_none() {
             return IDLE;
         }
-        match queue::next_due(&self.0.pool, &snapshot.deliverable_tables()).await {
+        match queue::next_due(&self.0.delivery, &snapshot.deliverable_tables()).await {
             Ok(Some(at)) => (at - chrono::Utc::now())
                 .to_std()
                 .unwrap_or_default()

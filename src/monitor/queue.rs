@@ -49,8 +49,8 @@ pub struct Outcome {
     pub created_at: Vec<DateTime<Utc>>,
 }
 
-/// Planner settings for the outbox statements of delivery, set for their
-/// transaction only. Right after a burst the statistics still describe the
+/// Planner settings of the connections delivery uses for the outbox (see
+/// [`delivery_pool`]). Right after a burst the statistics still describe the
 /// tables as they were before (autovacuum analyzes later). The planner then
 /// expects a handful of due alerts: it collected and sorted all of them for
 /// every claim, and combined the whole due index with the primary key to
@@ -61,9 +61,36 @@ pub struct Outcome {
 /// Where a plan cannot do without a switched-off step (the claim's final sort
 /// of a few rows, a watched table without an index on its id), its cost
 /// estimate becomes huge, and PostgreSQL would compile it with JIT: 200 ms
-/// for a statement that runs in one. JIT is off for these statements.
-pub const INDEX_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; \
-     SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+/// for a statement that runs in one. JIT is off on these connections.
+pub const PLANNER_SETTINGS: [(&str, &str); 4] = [
+    ("enable_sort", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
+];
+
+/// The connections of delivery: every statement of this module but the
+/// template preview's row look-up goes through them. Their sessions carry
+/// [`PLANNER_SETTINGS`] from the start, so a statement costs one round trip.
+pub fn delivery_pool(config: &tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
+    crate::db::pool(&with_planner_settings(config), size)
+}
+
+/// `config` with [`PLANNER_SETTINGS`] added to whatever options it has.
+fn with_planner_settings(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let ours = PLANNER_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    };
+    config.options(&options);
+    config
+}
 
 /// The claim: `$1` tables, `$2` most alerts, `$3` worker, `$4` lease in
 /// seconds. Each table's earliest due alerts, read in order from its part of
@@ -113,20 +140,6 @@ pub const RECORD_OUTCOME: &str = "
            updated_at = now()
      WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
 
-/// A transaction with [`INDEX_PLAN`].
-async fn indexed_transaction(
-    client: &mut deadpool_postgres::Client,
-) -> anyhow::Result<deadpool_postgres::Transaction<'_>> {
-    let tx = client
-        .transaction()
-        .await
-        .context("Failed to start a transaction")?;
-    tx.batch_execute(INDEX_PLAN)
-        .await
-        .context("Failed to set up an outbox statement")?;
-    Ok(tx)
-}
-
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
 /// come, and sending ones whose lease ran out), skipping rows another copy holds.
 pub async fn claim(
@@ -136,16 +149,21 @@ pub async fn claim(
     worker: &str,
     lease: Duration,
 ) -> anyhow::Result<Vec<ClaimedAlert>> {
-    let mut client = pool
+    let client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = indexed_transaction(&mut client).await?;
-    let rows = tx
-        .query(CLAIM, &[&tables, &limit, &worker, &lease.as_secs_f64()])
+    let statement = client
+        .prepare_cached(CLAIM)
+        .await
+        .context("Failed to prepare the claim")?;
+    let rows = client
+        .query(
+            &statement,
+            &[&tables, &limit, &worker, &lease.as_secs_f64()],
+        )
         .await
         .context("Failed to claim due alerts")?;
-    tx.commit().await.context("Failed to claim due alerts")?;
     let mut alerts: Vec<ClaimedAlert> = rows
         .iter()
         .map(|r| ClaimedAlert {
@@ -165,12 +183,11 @@ pub async fn claim(
 
 /// With e-mail switched off: due alerts are recorded as suppressed, not sent.
 pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
-    let mut client = pool
+    let client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = indexed_transaction(&mut client).await?;
-    let n = tx
+    let n = client
         .execute(
             "UPDATE email_sent_log SET status = 'suppressed', updated_at = now()
               WHERE id = ANY(ARRAY(
@@ -181,7 +198,6 @@ pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
         )
         .await
         .context("Failed to suppress due alerts")?;
-    tx.commit().await.context("Failed to suppress due alerts")?;
     Ok(n)
 }
 
@@ -193,12 +209,11 @@ pub async fn unclaim(
     ids: &[i64],
     suppress: bool,
 ) -> anyhow::Result<u64> {
-    let mut client = pool
+    let client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = indexed_transaction(&mut client).await?;
-    let n = tx
+    let n = client
         .execute(
             "UPDATE email_sent_log
                 SET status = CASE WHEN $3 THEN 'suppressed' ELSE 'pending' END,
@@ -207,9 +222,6 @@ pub async fn unclaim(
               WHERE id = ANY($2) AND locked_by = $1",
             &[&worker, &ids, &suppress],
         )
-        .await
-        .context("Failed to give back claimed alerts")?;
-    tx.commit()
         .await
         .context("Failed to give back claimed alerts")?;
     Ok(n)
@@ -224,7 +236,11 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = indexed_transaction(&mut client).await?;
+    // One transaction, one commit for all of a batch's outcomes.
+    let tx = client
+        .transaction()
+        .await
+        .context("Failed to record delivery outcomes")?;
     let statement = tx
         .prepare_cached(RECORD_OUTCOME)
         .await
@@ -256,13 +272,12 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
 
 /// When the next alert of `tables` falls due, if any is waiting.
 pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<DateTime<Utc>>> {
-    let mut client = pool
+    let client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = indexed_transaction(&mut client).await?;
-    let row = tx
-        .query_one(
+    let statement = client
+        .prepare_cached(
             "SELECT min(d.next_attempt_at)
                FROM unnest($1::text[]) AS t(name)
               CROSS JOIN LATERAL (
@@ -270,11 +285,11 @@ pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<D
                      WHERE table_name = t.name AND status IN ('pending', 'sending')
                      ORDER BY next_attempt_at
                      LIMIT 1) d",
-            &[&tables],
         )
         .await
-        .context("Failed to look up the next due alert")?;
-    tx.commit()
+        .context("Failed to prepare the look-up of the next due alert")?;
+    let row = client
+        .query_one(&statement, &[&tables])
         .await
         .context("Failed to look up the next due alert")?;
     Ok(row.get(0))
@@ -294,16 +309,12 @@ pub async fn fetch_rows(
         rel = table.relation,
         ty = table.id_type,
     );
-    let mut client = pool
+    let client = pool
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let tx = indexed_transaction(&mut client).await?;
-    let rows = tx
+    let rows = client
         .query(&sql, &[&record_ids])
-        .await
-        .with_context(|| format!("Failed to read rows of {}", table.name))?;
-    tx.commit()
         .await
         .with_context(|| format!("Failed to read rows of {}", table.name))?;
     Ok(rows
@@ -316,4 +327,25 @@ pub async fn fetch_rows(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn planner_settings_join_the_options_of_the_database_url() {
+        let plain: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        let options =
+            "-c enable_sort=off -c enable_bitmapscan=off -c enable_seqscan=off -c jit=off";
+        assert_eq!(
+            super::with_planner_settings(&plain).get_options(),
+            Some(options)
+        );
+        let theirs: tokio_postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dmod"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            super::with_planner_settings(&theirs).get_options(),
+            Some(format!("-c search_path=mod {options}").as_str())
+        );
+    }
 }

@@ -619,14 +619,13 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     app.stop().await;
 }
 
-/// The nodes of the plan of `sql` under the delivery's planner settings, run
+/// The nodes of the plan of `sql` on one of delivery's own connections, run
 /// in a transaction that is rolled back.
 async fn plan_nodes(
-    client: &tokio_postgres::Client,
+    delivery: &deadpool_postgres::Pool,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Vec<serde_json::Value> {
-    use audit_alert::monitor::queue;
     fn walk(node: &serde_json::Value, into: &mut Vec<serde_json::Value>) {
         for child in node["Plans"].as_array().into_iter().flatten() {
             walk(child, into);
@@ -635,10 +634,8 @@ async fn plan_nodes(
         node.as_object_mut().unwrap().remove("Plans");
         into.push(node);
     }
-    client
-        .batch_execute(&format!("BEGIN; {}", queue::INDEX_PLAN))
-        .await
-        .unwrap();
+    let client = delivery.get().await.unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
     let plan: serde_json::Value = client
         .query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), params)
         .await
@@ -682,12 +679,13 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let delivery = queue::delivery_pool(&db.config().database, 1).unwrap();
     let both = vec!["audit_results".to_owned(), "image_audit_results".to_owned()];
     let images_only = vec!["image_audit_results".to_owned()];
 
     for tables in [&both, &images_only] {
         let params: [Param; 4] = [tables, &800i64, &"tester", &60.0f64];
-        let nodes = plan_nodes(&client, queue::CLAIM, &params).await;
+        let nodes = plan_nodes(&delivery, queue::CLAIM, &params).await;
         let text = serde_json::Value::Array(nodes.clone()).to_string();
         assert!(!text.contains("Bitmap"), "the claim collects: {text}");
         let scans: Vec<_> = nodes
@@ -722,7 +720,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         &None::<String>,
         &0i64,
     ];
-    let nodes = plan_nodes(&client, queue::RECORD_OUTCOME, &outcome).await;
+    let nodes = plan_nodes(&delivery, queue::RECORD_OUTCOME, &outcome).await;
     let text = serde_json::Value::Array(nodes).to_string();
     assert!(text.contains("\"email_sent_log_pkey\""), "{text}");
     assert!(
@@ -730,16 +728,15 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         "recording an outcome reads the due index: {text}"
     );
 
-    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
     let lease = std::time::Duration::from_secs(60);
-    let claimed = queue::claim(&pool, &images_only, 800, "tester", lease)
+    let claimed = queue::claim(&delivery, &images_only, 800, "tester", lease)
         .await
         .unwrap();
     let mut got: Vec<String> = claimed.iter().map(|a| a.record_id.clone()).collect();
     got.sort_by_key(|id| id.parse::<i64>().unwrap());
     let images: Vec<String> = images.iter().map(i64::to_string).collect();
     assert_eq!(got, images);
-    let claimed = queue::claim(&pool, &both, 800, "tester", lease)
+    let claimed = queue::claim(&delivery, &both, 800, "tester", lease)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 800);
@@ -748,10 +745,13 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         claimed.iter().all(|a| first.contains(&a.record_id)),
         "the earliest due alerts come first"
     );
-    let due = queue::next_due(&pool, &both).await.unwrap();
+    let due = queue::next_due(&delivery, &both).await.unwrap();
     assert!(due.is_some(), "19,200 alerts are still due");
     // What is left of the images' alerts: the lease just taken.
-    let lease_end = queue::next_due(&pool, &images_only).await.unwrap().unwrap();
+    let lease_end = queue::next_due(&delivery, &images_only)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(lease_end > chrono::Utc::now() + chrono::Duration::seconds(50));
 }
 
@@ -765,7 +765,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
     db.migrate().await;
     let client = db.client().await;
     insert_audit_rows(&client, 5, FAIL).await;
-    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
+    let pool = queue::delivery_pool(&db.config().database, 1).unwrap();
     let tables = vec!["audit_results".to_owned()];
     let expired = std::time::Duration::ZERO;
     let first = queue::claim(&pool, &tables, 10, "first", expired)
