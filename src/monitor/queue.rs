@@ -187,7 +187,7 @@ pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let n = client
+    client
         .execute(
             "UPDATE email_sent_log SET status = 'suppressed', updated_at = now()
               WHERE id = ANY(ARRAY(
@@ -197,8 +197,7 @@ pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
             &[&limit],
         )
         .await
-        .context("Failed to suppress due alerts")?;
-    Ok(n)
+        .context("Failed to suppress due alerts")
 }
 
 /// Gives claimed alerts back without an attempt counted (delivery was paused
@@ -213,7 +212,7 @@ pub async fn unclaim(
         .get()
         .await
         .context("Failed to get a database connection")?;
-    let n = client
+    client
         .execute(
             "UPDATE email_sent_log
                 SET status = CASE WHEN $3 THEN 'suppressed' ELSE 'pending' END,
@@ -223,8 +222,7 @@ pub async fn unclaim(
             &[&worker, &ids, &suppress],
         )
         .await
-        .context("Failed to give back claimed alerts")?;
-    Ok(n)
+        .context("Failed to give back claimed alerts")
 }
 
 /// Records outcomes, only for alerts this worker still holds.
