@@ -153,7 +153,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
     }
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed')
+            "SELECT count(*) FILTER (WHERE status = 'pending')
+                    + (SELECT count(*) FROM alert_inbox),
+                    count(*) FILTER (WHERE status = 'failed')
                FROM email_sent_log",
             &[],
         )

@@ -41,17 +41,14 @@ pub async fn metrics(state: Data<&AppState>) -> Response {
     let alerts = Family::<Vec<(&'static str, String)>, Gauge>::default();
     let database_up = match state.pool.get().await {
         Ok(client) => match client
-            .query(
-                "SELECT status, count(*) FROM email_sent_log GROUP BY status",
-                &[],
-            )
+            .query(crate::monitor::queue::COUNT_BY_STATUS, &[])
             .await
         {
             Ok(rows) => {
                 for r in rows {
                     alerts
                         .get_or_create(&vec![("status", r.get::<_, String>(0))])
-                        .set(r.get(1));
+                        .inc_by(r.get(1));
                 }
                 1
             }

@@ -133,18 +133,14 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
     let switches = &snapshot.switches;
     let client = state.pool.get().await?;
     let counts = client
-        .query(
-            "SELECT status, count(*) FROM email_sent_log
-              WHERE status IN ('pending', 'sending', 'failed', 'suppressed', 'sent', 'baseline')
-              GROUP BY status",
-            &[],
-        )
+        .query(crate::monitor::queue::COUNT_BY_STATUS, &[])
         .await?;
     let count = |s: &str| {
         counts
             .iter()
-            .find(|r| r.get::<_, &str>(0) == s)
-            .map_or(0, |r| r.get::<_, i64>(1))
+            .filter(|r| r.get::<_, &str>(0) == s)
+            .map(|r| r.get::<_, i64>(1))
+            .sum::<i64>()
     };
     let status = state.worker.status();
     let times = status.times();

@@ -1,6 +1,7 @@
 //! The alert worker: listener, dispatcher and sweeper around one shared
-//! [`Worker`]. Triggers insert pending alerts and NOTIFY; the listener wakes
-//! the dispatcher, which claims, sends and records; the sweeper catches what
+//! [`Worker`]. Triggers report alerts into an inbox and NOTIFY; the listener
+//! wakes the dispatcher, which takes them into the outbox, claims, sends and
+//! records; the sweeper catches what
 //! no trigger reported. PostgreSQL is the only coordinator between copies.
 
 pub mod control;
@@ -222,6 +223,9 @@ impl Worker {
     /// Claims one batch of due alerts and delivers it; returns how many
     /// alerts it handled (0 when paused, unconfigured or idle).
     pub async fn deliver_once(&self) -> anyhow::Result<usize> {
+        // Taken in even while delivery is paused: an alert is recorded (and
+        // shown as pending) when it arrives, not when it can be sent.
+        queue::admit_reported(&self.0.pool).await?;
         let snapshot = self.snapshot();
         let switches = &snapshot.switches;
         if !switches.monitor_enabled {

@@ -140,6 +140,61 @@ pub const RECORD_OUTCOME: &str = "
            updated_at = now()
      WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
 
+/// Alerts the triggers reported, taken from `alert_inbox` into the outbox:
+/// up to `$1` inbox rows, skipping those another copy is taking in. A record
+/// reported twice becomes one alert, and one already in the outbox none.
+/// Returns (inbox rows taken, alerts added).
+pub const ADMIT: &str = "
+    WITH reported AS (
+        DELETE FROM alert_inbox
+         WHERE ctid = ANY(ARRAY(SELECT ctid FROM alert_inbox LIMIT $1 FOR UPDATE SKIP LOCKED))
+     RETURNING table_name, record_id, verdict, reported_at
+    ), admitted AS (
+        INSERT INTO email_sent_log (table_name, record_id, verdict, created_at, next_attempt_at)
+        SELECT table_name, record_id, verdict, min(reported_at), min(reported_at)
+          FROM reported
+         GROUP BY table_name, record_id, verdict
+        ON CONFLICT (table_name, record_id, verdict) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM reported), (SELECT count(*) FROM admitted)";
+
+/// Alerts by status, those reported and not yet taken in counted as
+/// pending: (status, count) rows, a status possibly twice.
+pub const COUNT_BY_STATUS: &str = "
+    SELECT status::text, count(*) FROM email_sent_log GROUP BY status
+     UNION ALL
+    SELECT 'pending', count(*) FROM alert_inbox";
+
+/// Inbox rows taken in by one statement at most, so that a burst is taken
+/// in by several short transactions.
+const ADMIT_BATCH: i64 = 5000;
+
+/// Takes every reported alert into the outbox; returns how many alerts that
+/// added. Runs before each claim, so what a trigger reported can be claimed.
+pub async fn admit_reported(pool: &Pool) -> anyhow::Result<u64> {
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let admit = client
+        .prepare_cached(ADMIT)
+        .await
+        .context("Failed to prepare taking in reported alerts")?;
+    let mut added = 0;
+    loop {
+        let row = client
+            .query_one(&admit, &[&ADMIT_BATCH])
+            .await
+            .context("Failed to take in reported alerts")?;
+        let (taken, new): (i64, i64) = (row.get(0), row.get(1));
+        added += new as u64;
+        if taken < ADMIT_BATCH {
+            return Ok(added);
+        }
+    }
+}
+
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
 /// come, and sending ones whose lease ran out), skipping rows another copy holds.
 pub async fn claim(

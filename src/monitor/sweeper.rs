@@ -1,5 +1,6 @@
 //! The fallback sweep: finds flagged rows that have no alert yet (triggers
-//! bypassed, rows written while no trigger existed) and enqueues them.
+//! bypassed, rows written while no trigger existed) and enqueues them. A row
+//! a trigger reported into the inbox has one already.
 //!
 //! Tables with integer ids are swept incrementally above a watermark, so a
 //! sweep with nothing to do costs two index look-ups however large the table.
@@ -93,6 +94,9 @@ async fn sweep_table(pool: &Pool, table: &WatchedTable, full: bool) -> anyhow::R
                 AND NOT EXISTS (SELECT 1 FROM email_sent_log e
                                  WHERE e.table_name = $1::text AND e.record_id = t.{col}::text
                                    AND e.verdict = t.{verdict}::text)
+                AND NOT EXISTS (SELECT 1 FROM alert_inbox i
+                                 WHERE i.table_name = $1::text AND i.record_id = t.{col}::text
+                                   AND i.verdict = t.{verdict}::text)
              ON CONFLICT (table_name, record_id, verdict) DO NOTHING",
             rel = table.relation
         )

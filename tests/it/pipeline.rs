@@ -240,7 +240,10 @@ async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
         .await
         .unwrap();
     let pending: i64 = client
-        .query_one("SELECT count(*) FROM email_sent_log", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM email_sent_log) + (SELECT count(*) FROM alert_inbox)",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -680,6 +683,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         .map(|r| r.get(0))
         .collect();
     let delivery = queue::delivery_pool(&db.config().database, 1).unwrap();
+    assert_eq!(queue::admit_reported(&delivery).await.unwrap(), 20_003);
     let both = vec!["audit_results".to_owned(), "image_audit_results".to_owned()];
     let images_only = vec!["image_audit_results".to_owned()];
 
@@ -766,6 +770,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
     let client = db.client().await;
     insert_audit_rows(&client, 5, FAIL).await;
     let pool = queue::delivery_pool(&db.config().database, 1).unwrap();
+    assert_eq!(queue::admit_reported(&pool).await.unwrap(), 5);
     let tables = vec!["audit_results".to_owned()];
     let expired = std::time::Duration::ZERO;
     let first = queue::claim(&pool, &tables, 10, "first", expired)
@@ -825,5 +830,82 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         queue::complete(&pool, "second", &current).await.unwrap(),
         0,
         "recorded once"
+    );
+}
+
+/// The trigger only reports an alert, into the inbox, in the writer's
+/// transaction; taking it in makes it an alert. A record reported twice, or
+/// reported while it has its alert already, is still one alert, and what was
+/// taken in leaves the inbox.
+#[tokio::test]
+async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
+    use audit_alert::monitor::queue;
+
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let client = db.client().await;
+    let inbox = |id: i64| {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM alert_inbox WHERE record_id = $1::bigint::text",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    let ids = insert_audit_rows(&client, 2, FAIL).await;
+    let (twice, earlier) = (ids[0], ids[1]);
+    // Reported again by the update back to 不合格.
+    for verdict in [PASS, FAIL] {
+        client
+            .execute(
+                "UPDATE audit_results SET verdict = $1 WHERE id = $2",
+                &[&verdict, &twice],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(inbox(twice).await, 2);
+    let outbox: i64 = client
+        .query_one("SELECT count(*) FROM email_sent_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outbox, 0, "nothing is an alert before it is taken in");
+    // This one has its alert already (as if the sweep had found it first).
+    client
+        .execute(
+            "INSERT INTO email_sent_log (table_name, record_id, verdict, status)
+             VALUES ('audit_results', $1::bigint::text, $2, 'sent')",
+            &[&earlier, &FAIL],
+        )
+        .await
+        .unwrap();
+
+    let pool = queue::delivery_pool(&db.config().database, 1).unwrap();
+    assert_eq!(queue::admit_reported(&pool).await.unwrap(), 1);
+    assert_eq!(queue::admit_reported(&pool).await.unwrap(), 0);
+    assert_eq!((inbox(twice).await, inbox(earlier).await), (0, 0));
+    let alerts: Vec<(String, String)> = client
+        .query(
+            "SELECT record_id, status FROM email_sent_log ORDER BY record_id::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            (twice.to_string(), "pending".to_owned()),
+            (earlier.to_string(), "sent".to_owned())
+        ]
     );
 }

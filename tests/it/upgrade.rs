@@ -228,7 +228,8 @@ async fn watching_with_backfill_mails_existing_rows_and_uuid_ids_work() {
         .unwrap();
     let pending: i64 = client
         .query_one(
-            "SELECT count(*) FROM email_sent_log WHERE status = 'pending'",
+            "SELECT (SELECT count(*) FROM email_sent_log WHERE status = 'pending')
+                  + (SELECT count(*) FROM alert_inbox)",
             &[],
         )
         .await
@@ -310,9 +311,9 @@ mod up_to_v2 {
     refinery::embed_migrations!("db/migrations");
 }
 
-/// Migration 3 gives every table watched by an earlier version the new
-/// trigger body; a table whose columns changed since keeps its old triggers,
-/// and the upgrade goes on.
+/// Migrations 3 and 5 give every table watched by an earlier version the new
+/// trigger body (the latest reports into the inbox); a table whose columns
+/// changed since keeps its old triggers, and the upgrade goes on.
 #[tokio::test]
 async fn triggers_installed_by_an_earlier_version_are_renewed_on_upgrade() {
     let db = TestDb::new().await;
@@ -370,7 +371,9 @@ async fn triggers_installed_by_an_earlier_version_are_renewed_on_upgrade() {
     for relation in ["\"Comments\"", "audit_results", "image_audit_results"] {
         let renewed = body(relation).await;
         assert!(
-            renewed.contains("NOTIFY audit_alert;") && !renewed.contains("pg_notify"),
+            renewed.contains("INSERT INTO public.alert_inbox")
+                && renewed.contains("NOTIFY audit_alert;")
+                && !renewed.contains("pg_notify"),
             "{relation}: {renewed}"
         );
     }
