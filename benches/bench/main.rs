@@ -22,7 +22,8 @@
 //! - `burst`: a burst written while delivery is paused, then drained:
 //!   alerted records/s; also the process RSS peak.
 //! - `trigger`: the writer's cost of the triggers, watched table against an
-//!   identical unwatched one.
+//!   identical unwatched one; also that of a trigger whose function does
+//!   nothing, the least any row trigger costs.
 //! - `sweep`: an idle sweep on large tables, at each size.
 //! - `enqueue`: audit-log enqueue cost on the request path.
 //! - `writer`: audit-log writer throughput (one run measures `enqueue` and

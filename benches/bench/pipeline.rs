@@ -218,13 +218,23 @@ pub async fn burst(results: &mut Results, rows: &mut Rows) {
 }
 
 /// The same inserts into a watched table and an identical unwatched one,
-/// alternated, as single-row transactions and as 1,000-row statements.
+/// alternated, as single-row transactions and as 1,000-row statements. A
+/// third identical table has a trigger with the same `WHEN` whose function
+/// does nothing: what any row trigger costs before it does its work.
 pub async fn trigger_overhead(results: &mut Results, rows: &mut Rows) {
     let db = TestDb::new().await;
     db.migrate().await;
     let client = db.client().await;
     client
-        .batch_execute("CREATE TABLE plain_results (LIKE audit_results INCLUDING ALL)")
+        .batch_execute(
+            "CREATE TABLE plain_results (LIKE audit_results INCLUDING ALL);
+             CREATE TABLE floor_results (LIKE audit_results INCLUDING ALL);
+             CREATE FUNCTION floor_trigger() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER floor AFTER INSERT ON floor_results FOR EACH ROW
+                 WHEN (NEW.verdict::text = ANY ('{不合格,不确定}'::text[]))
+                 EXECUTE FUNCTION floor_trigger();",
+        )
         .await
         .unwrap();
     let rounds = env_num("BENCH_TRIGGER_ROUNDS", 7);
@@ -235,11 +245,13 @@ pub async fn trigger_overhead(results: &mut Results, rows: &mut Rows) {
         ] {
             let mut with = Vec::new();
             let mut without = Vec::new();
+            let mut floor = Vec::new();
             for round in 0..rounds {
                 // Which table goes first alternates, so that neither side
                 // always follows the other's writes (checkpoints, WAL).
                 let mut order = [
                     ("audit_results", &mut with),
+                    ("floor_results", &mut floor),
                     ("plain_results", &mut without),
                 ];
                 if round % 2 == 1 {
@@ -261,7 +273,7 @@ pub async fn trigger_overhead(results: &mut Results, rows: &mut Rows) {
                     into.push(t.elapsed().as_secs_f64());
                 }
             }
-            let (w, wo) = (median(with), median(without));
+            let (w, wo, fl) = (median(with), median(without), median(floor));
             let ratio = w / wo;
             let label = if verdict == "合格" {
                 "passing"
@@ -271,15 +283,20 @@ pub async fn trigger_overhead(results: &mut Results, rows: &mut Rows) {
             rows.push((
                 format!("trigger overhead, {label} rows, {shape}"),
                 format!(
-                    "{:+.1} % ({:.1} ms vs {:.1} ms)",
+                    "{:+.1} % ({:.1} ms vs {:.1} ms; a trigger doing nothing: {:+.1} %)",
                     (ratio - 1.0) * 100.0,
                     w * 1e3,
-                    wo * 1e3
+                    wo * 1e3,
+                    (fl / wo - 1.0) * 100.0
                 ),
             ));
             results.insert(
                 format!("trigger_ratio_{label}_{}", per_statement),
                 json!(ratio),
+            );
+            results.insert(
+                format!("empty_trigger_ratio_{label}_{}", per_statement),
+                json!(fl / wo),
             );
         }
     }

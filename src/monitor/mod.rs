@@ -53,6 +53,13 @@ struct Inner {
     /// The outbox statements of delivery: connections of their own, with
     /// [`queue::PLANNER_SETTINGS`], one per lane and one for the next due time.
     delivery: Pool,
+    /// Takes reported alerts into the outbox: [`queue::admit_pool`].
+    admit: Pool,
+    /// Held by the lane taking reported alerts in (a tokio lock for its
+    /// `try_lock`; it is held across the statement).
+    admitting: tokio::sync::Mutex<()>,
+    /// Set by each lane about to take in; cleared by the one that does.
+    admit_wanted: AtomicBool,
     secrets: Option<SecretBox>,
     /// Most SMTP connections this copy opens at once.
     smtp_pool_size: u32,
@@ -86,9 +93,13 @@ impl Worker {
         listen_for_alerts: bool,
     ) -> anyhow::Result<Self> {
         let delivery = queue::delivery_pool(&db_config, DELIVERY_LANES + 1)?;
+        let admit = queue::admit_pool(&db_config)?;
         let worker = Self(Arc::new(Inner {
             pool,
             delivery,
+            admit,
+            admitting: tokio::sync::Mutex::new(()),
+            admit_wanted: AtomicBool::new(false),
             secrets,
             smtp_pool_size,
             listen_for_alerts,
@@ -122,9 +133,10 @@ impl Worker {
         &self.0.id
     }
 
-    /// Closes the delivery's connections (when the service stops).
+    /// Closes the connections of delivery and of taking in (when the service stops).
     pub fn close(&self) {
         self.0.delivery.close();
+        self.0.admit.close();
     }
 
     pub fn status(&self) -> &MonitorStatus {
@@ -225,7 +237,7 @@ impl Worker {
     pub async fn deliver_once(&self) -> anyhow::Result<usize> {
         // Taken in even while delivery is paused: an alert is recorded (and
         // shown as pending) when it arrives, not when it can be sent.
-        queue::admit_reported(&self.0.pool).await?;
+        self.admit_reported().await?;
         let snapshot = self.snapshot();
         let switches = &snapshot.switches;
         if !switches.monitor_enabled {
@@ -297,6 +309,35 @@ impl Worker {
         );
         self.0.status.note_delivery(&outcomes);
         Ok(claimed.len())
+    }
+
+    /// Takes reported alerts into the outbox, one batch, in one lane at a
+    /// time: a lane that finds another one taking in goes on to claim, and
+    /// the one taking in runs again for it, so that what was reported after
+    /// that one's statement started is taken in too. After a full batch,
+    /// another lane is woken for the next one, and this one goes on to claim.
+    async fn admit_reported(&self) -> anyhow::Result<()> {
+        self.0.admit_wanted.store(true, Ordering::SeqCst);
+        loop {
+            let Ok(_taking_in) = self.0.admitting.try_lock() else {
+                return Ok(());
+            };
+            if !self.0.admit_wanted.swap(false, Ordering::SeqCst) {
+                return Ok(());
+            }
+            let taken = match queue::admit_reported(&self.0.admit).await {
+                Ok((taken, _)) => taken,
+                Err(e) => {
+                    self.0.admit_wanted.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
+            if taken >= queue::ADMIT_BATCH as u64 {
+                self.0.admit_wanted.store(true, Ordering::SeqCst);
+                self.wake();
+                return Ok(());
+            }
+        }
     }
 
     /// Delivers until idle, then waits for a wake-up, the next retry, or

@@ -73,13 +73,42 @@ pub const PLANNER_SETTINGS: [(&str, &str); 4] = [
 /// template preview's row look-up goes through them. Their sessions carry
 /// [`PLANNER_SETTINGS`] from the start, so a statement costs one round trip.
 pub fn delivery_pool(config: &tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
-    crate::db::pool(&with_planner_settings(config), size)
+    crate::db::pool(&with_settings(config, &PLANNER_SETTINGS), size)
 }
 
-/// `config` with [`PLANNER_SETTINGS`] added to whatever options it has.
-fn with_planner_settings(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+/// Session settings of the connection that takes reported alerts in (see
+/// [`admit_reported`]).
+///
+/// Taking in need not wait for its commit to reach the disk: the inbox rows
+/// it deletes and the outbox rows it adds are one transaction, so a database
+/// crash keeps either both, or neither and they are taken in again. And no
+/// mail goes out before a claim commits, which writes everything before it
+/// to the disk with it.
+///
+/// The inbox has no index: its rows are found by reading it whole, and those
+/// taken are deleted by their place (`ctid`). Its statistics are stale most
+/// of the time (it fills and empties between two analyses), and when they
+/// say it is empty the planner reads it whole again for the delete, testing
+/// every row against every place taken: sequential scans are off, with JIT,
+/// as on delivery's connections.
+pub const ADMIT_SETTINGS: [(&str, &str); 3] = [
+    ("synchronous_commit", "off"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
+];
+
+/// The connection that takes reported alerts in, with [`ADMIT_SETTINGS`].
+pub fn admit_pool(config: &tokio_postgres::Config) -> anyhow::Result<Pool> {
+    crate::db::pool(&with_settings(config, &ADMIT_SETTINGS), 1)
+}
+
+/// `config` with `settings` added to whatever options it has.
+fn with_settings(
+    config: &tokio_postgres::Config,
+    settings: &[(&str, &str)],
+) -> tokio_postgres::Config {
     let mut config = config.clone();
-    let ours = PLANNER_SETTINGS
+    let ours = settings
         .iter()
         .map(|(name, value)| format!("-c {name}={value}"))
         .collect::<Vec<_>>()
@@ -167,12 +196,13 @@ pub const COUNT_BY_STATUS: &str = "
     SELECT 'pending', count(*) FROM alert_inbox";
 
 /// Inbox rows taken in by one statement at most, so that a burst is taken
-/// in by several short transactions.
-const ADMIT_BATCH: i64 = 5000;
+/// in by several short transactions while delivery claims what is in.
+pub const ADMIT_BATCH: i64 = 5000;
 
-/// Takes every reported alert into the outbox; returns how many alerts that
-/// added. Runs before each claim, so what a trigger reported can be claimed.
-pub async fn admit_reported(pool: &Pool) -> anyhow::Result<u64> {
+/// Takes up to [`ADMIT_BATCH`] reported alerts into the outbox; returns
+/// (inbox rows taken, alerts added). Fewer rows than a batch taken means the
+/// inbox held no more, as of the statement's start.
+pub async fn admit_reported(pool: &Pool) -> anyhow::Result<(u64, u64)> {
     let client = pool
         .get()
         .await
@@ -181,18 +211,11 @@ pub async fn admit_reported(pool: &Pool) -> anyhow::Result<u64> {
         .prepare_cached(ADMIT)
         .await
         .context("Failed to prepare taking in reported alerts")?;
-    let mut added = 0;
-    loop {
-        let row = client
-            .query_one(&admit, &[&ADMIT_BATCH])
-            .await
-            .context("Failed to take in reported alerts")?;
-        let (taken, new): (i64, i64) = (row.get(0), row.get(1));
-        added += new as u64;
-        if taken < ADMIT_BATCH {
-            return Ok(added);
-        }
-    }
+    let row = client
+        .query_one(&admit, &[&ADMIT_BATCH])
+        .await
+        .context("Failed to take in reported alerts")?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
 
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
@@ -390,14 +413,14 @@ mod tests {
         let options =
             "-c enable_sort=off -c enable_bitmapscan=off -c enable_seqscan=off -c jit=off";
         assert_eq!(
-            super::with_planner_settings(&plain).get_options(),
+            super::with_settings(&plain, &super::PLANNER_SETTINGS).get_options(),
             Some(options)
         );
         let theirs: tokio_postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dmod"
             .parse()
             .unwrap();
         assert_eq!(
-            super::with_planner_settings(&theirs).get_options(),
+            super::with_settings(&theirs, &super::PLANNER_SETTINGS).get_options(),
             Some(format!("-c search_path=mod {options}").as_str())
         );
     }

@@ -493,15 +493,15 @@ async fn monitor_stop_holds_mail_and_start_releases_it() {
         0,
         "stopped: nothing is sent"
     );
-    let recorded: String = rows
-        .query_one(
-            "SELECT status FROM email_sent_log WHERE record_id = $1::bigint::text",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(recorded, "pending", "recorded while stopped");
+    // Recorded while stopped.
+    wait_for_count_query(
+        &rows,
+        &format!(
+            "SELECT count(*) FROM email_sent_log WHERE record_id = '{id}' AND status = 'pending'"
+        ),
+        1,
+    )
+    .await;
     let status = api.monitor_status().await.unwrap().into_inner();
     assert_eq!(status.queue.pending, 1);
     assert_eq!(status.recipients_count.get("audit_results"), Some(&1));
