@@ -3,9 +3,9 @@
 -- the outbox (`email_sent_log`) in its own transactions, where the dedup key,
 -- the due index and the rest are maintained.
 --
--- An outbox row costs its writer the sequence, five indexes and the
+-- An outbox row costs its writer the sequence, four indexes and the
 -- speculative insertion of ON CONFLICT; an inbox row is one heap tuple. In a
--- single-row transaction the alert's cost to the writer halves, in a
+-- single-row transaction the alert's cost to the writer about halves, in a
 -- 1,000-row statement it falls to about a fifth (README, Performance).
 --
 -- The inbox is as durable as the outbox: a row in it is an alert the service
