@@ -73,6 +73,7 @@ pub struct SweepInfo {
 /// Alerts by state, across every copy.
 #[derive(Object)]
 pub struct QueueInfo {
+    /// Waiting to go out, with the alerts just reported and not yet taken in.
     pub pending: i64,
     pub sending: i64,
     pub failed: i64,
