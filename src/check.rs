@@ -168,6 +168,20 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
     } else {
         Finding::Ok(format!("no failed alerts; {pending} pending"))
     });
+    // Rows stay in the inbox for milliseconds while a copy of the service runs.
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(min(reported_at) < now() - interval '1 minute', false)
+               FROM alert_inbox",
+            &[],
+        )
+        .await?;
+    let (waiting, stale): (i64, bool) = (row.get(0), row.get(1));
+    if stale {
+        findings.push(Finding::Warn(format!(
+            "{waiting} alert(s) reported by the triggers wait in alert_inbox, the oldest for over a minute: no copy of the service is taking them in (is one running?)"
+        )));
+    }
     pool.close();
     Ok(findings)
 }

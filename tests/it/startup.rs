@@ -247,6 +247,23 @@ async fn check_tells_what_is_in_order_and_what_is_not() {
         )),
         "{text}"
     );
+    assert!(!text.contains("alert_inbox"), "{text}");
+
+    // Reported two minutes ago and never taken in: no service is running.
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO alert_inbox (table_name, record_id, verdict, reported_at)
+             VALUES ('audit_results', '1', '不合格', now() - interval '2 minutes')",
+        )
+        .await
+        .unwrap();
+    let (code, text) = check();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warn  1 alert(s) reported by the triggers wait in alert_inbox"),
+        "{text}"
+    );
 
     db.client()
         .await
