@@ -350,6 +350,7 @@ async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
     }
     let setup = t.elapsed().as_secs_f64();
     let pool = audit_alert::db::pool(&db.config().database, 2).unwrap();
+    let admit = audit_alert::monitor::queue::admit_pool(&db.config().database).unwrap();
     let snapshot = audit_alert::monitor::control::Snapshot::load(&pool, None)
         .await
         .unwrap();
@@ -361,12 +362,13 @@ async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
         .collect();
     let mut idle = Vec::new();
     for _ in 0..21 {
-        let report = sweeper::sweep(&pool, &table, false).await.unwrap();
+        let report = sweeper::sweep(&pool, &admit, &table, false).await.unwrap();
         assert_eq!(report.found, 0);
         idle.push(report.duration.as_secs_f64() * 1e3);
     }
-    let full = sweeper::sweep(&pool, &table, true).await.unwrap();
+    let full = sweeper::sweep(&pool, &admit, &table, true).await.unwrap();
     assert_eq!(full.found, 0);
     pool.close();
+    admit.close();
     (median(idle), full.duration.as_secs_f64() * 1e3, setup)
 }

@@ -1,8 +1,8 @@
 //! The alert worker: listener, dispatcher and sweeper around one shared
 //! [`Worker`]. Triggers report alerts into an inbox and NOTIFY; the listener
 //! wakes the dispatcher, which takes them into the outbox, claims, sends and
-//! records; the sweeper catches what
-//! no trigger reported. PostgreSQL is the only coordinator between copies.
+//! records; the sweeper catches what no trigger reported. PostgreSQL is the
+//! only coordinator between copies.
 
 pub mod control;
 pub mod dispatcher;
@@ -223,7 +223,8 @@ impl Worker {
     /// every flagged row; later ones only new rows of integer-id tables).
     pub async fn sweep_once(&self) -> anyhow::Result<SweepReport> {
         let full = !self.0.swept_fully.load(Ordering::Relaxed);
-        let report = sweeper::sweep(&self.0.pool, &self.snapshot().tables, full).await?;
+        let report =
+            sweeper::sweep(&self.0.pool, &self.0.admit, &self.snapshot().tables, full).await?;
         self.0.swept_fully.store(true, Ordering::Relaxed);
         self.0.status.note_sweep(&report);
         // Also what waits for lack of a wake-up (a lost NOTIFY): the sweep is

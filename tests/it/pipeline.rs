@@ -204,11 +204,13 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
     let snapshot = audit_alert::monitor::control::Snapshot::load(&pool, None)
         .await
         .unwrap();
-    let report = audit_alert::monitor::sweeper::sweep(&pool, &snapshot.tables, true)
+    let admit = audit_alert::monitor::queue::admit_pool(&db.config().database).unwrap();
+    let report = audit_alert::monitor::sweeper::sweep(&pool, &admit, &snapshot.tables, true)
         .await
         .unwrap();
     assert_eq!(report.found, 2);
     pool.close();
+    admit.close();
 
     let app = db.start().await;
     let mails = smtp.wait_for_records(5).await;
