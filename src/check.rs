@@ -151,16 +151,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
             "e-mail is off (email_enabled = false): new alerts are suppressed".into(),
         ));
     }
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'pending')
-                    + (SELECT count(*) FROM alert_inbox),
-                    count(*) FILTER (WHERE status = 'failed')
-               FROM email_sent_log",
-            &[],
-        )
-        .await?;
-    let (pending, failed): (i64, i64) = (row.get(0), row.get(1));
+    let counts = crate::monitor::queue::count_by_status(&client).await?;
+    let count = |status: &str| counts.get(status).copied().unwrap_or(0);
+    let (pending, failed) = (count("pending"), count("failed"));
     findings.push(if failed > 0 {
         Finding::Warn(format!(
             "{failed} alert(s) failed; see GET /api/alerts?status=failed"

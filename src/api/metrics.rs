@@ -40,15 +40,10 @@ pub async fn metrics(state: Data<&AppState>) -> Response {
     let mut registry = Registry::with_prefix("audit_alert");
     let alerts = Family::<Vec<(&'static str, String)>, Gauge>::default();
     let database_up = match state.pool.get().await {
-        Ok(client) => match client
-            .query(crate::monitor::queue::COUNT_BY_STATUS, &[])
-            .await
-        {
-            Ok(rows) => {
-                for r in rows {
-                    alerts
-                        .get_or_create(&vec![("status", r.get::<_, String>(0))])
-                        .inc_by(r.get(1));
+        Ok(client) => match crate::monitor::queue::count_by_status(&client).await {
+            Ok(counts) => {
+                for (status, n) in counts {
+                    alerts.get_or_create(&vec![("status", status)]).set(n);
                 }
                 1
             }

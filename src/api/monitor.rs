@@ -133,16 +133,8 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
     let snapshot = state.worker.snapshot();
     let switches = &snapshot.switches;
     let client = state.pool.get().await?;
-    let counts = client
-        .query(crate::monitor::queue::COUNT_BY_STATUS, &[])
-        .await?;
-    let count = |s: &str| {
-        counts
-            .iter()
-            .filter(|r| r.get::<_, &str>(0) == s)
-            .map(|r| r.get::<_, i64>(1))
-            .sum::<i64>()
-    };
+    let counts = crate::monitor::queue::count_by_status(&client).await?;
+    let count = |s: &str| counts.get(s).copied().unwrap_or(0);
     let status = state.worker.status();
     let times = status.times();
     let (sent, retried, failed) = status.counters();

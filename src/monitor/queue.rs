@@ -172,37 +172,99 @@ pub const RECORD_OUTCOME: &str = "
 /// Alerts the triggers reported, taken from `alert_inbox` into the outbox:
 /// up to `$1` inbox rows, skipping those another copy is taking in. A record
 /// reported twice becomes one alert, and one already in the outbox none.
-/// Returns (inbox rows taken, alerts added).
+///
+/// Of the alerts of the tables `$2`, the earliest `$3` are claimed at once
+/// by worker `$4` with a lease of `$5` seconds, as [`CLAIM`] would claim
+/// them: written as `sending` rather than written as `pending` and then
+/// claimed, which would cost a second write of each. The others wait as
+/// `pending`; one the outbox held already counts among the `$3` but is not
+/// claimed. `$2` empty claims nothing.
+///
+/// Rows: inbox rows taken and alerts added, then the columns of [`CLAIM`]
+/// for each alert claimed (one row of NULLs when none is).
 pub const ADMIT: &str = "
     WITH reported AS (
         DELETE FROM alert_inbox
          WHERE ctid = ANY(ARRAY(SELECT ctid FROM alert_inbox LIMIT $1 FOR UPDATE SKIP LOCKED))
      RETURNING table_name, record_id, verdict, reported_at
-    ), admitted AS (
-        INSERT INTO email_sent_log (table_name, record_id, verdict, created_at, next_attempt_at)
-        SELECT table_name, record_id, verdict, min(reported_at), min(reported_at)
+    ), alerts AS (
+        SELECT table_name, record_id, verdict, min(reported_at) AS reported_at,
+               table_name = ANY($2::text[]) AS deliverable
           FROM reported
          GROUP BY table_name, record_id, verdict
+    ), ranked AS (
+        SELECT *, deliverable AND row_number() OVER (PARTITION BY deliverable
+                                                      ORDER BY reported_at) <= $3 AS claim
+          FROM alerts
+    ), admitted AS (
+        INSERT INTO email_sent_log (table_name, record_id, verdict, created_at, status,
+                                    attempts, locked_by, next_attempt_at)
+        SELECT table_name, record_id, verdict, reported_at,
+               CASE WHEN claim THEN 'sending' ELSE 'pending' END,
+               CASE WHEN claim THEN 1 ELSE 0 END,
+               CASE WHEN claim THEN $4::text END,
+               CASE WHEN claim THEN now() + make_interval(secs => $5::float8)
+                    ELSE reported_at END
+          FROM ranked
         ON CONFLICT (table_name, record_id, verdict) DO NOTHING
-        RETURNING 1
+        RETURNING id, table_name, record_id, verdict, attempts, delivered_to, created_at,
+                  locked_by
     )
-    SELECT (SELECT count(*) FROM reported), (SELECT count(*) FROM admitted)";
+    SELECT n.taken, n.added, a.id, a.table_name, a.record_id, a.verdict, a.attempts,
+           a.delivered_to, '{}'::text[], a.created_at
+      FROM (SELECT (SELECT count(*) FROM reported) AS taken,
+                   (SELECT count(*) FROM admitted) AS added) n
+      LEFT JOIN admitted a ON a.locked_by IS NOT NULL";
 
 /// Alerts by status, those reported and not yet taken in counted as
-/// pending: (status, count) rows, a status possibly twice.
+/// pending: (status, count) rows, a status possibly twice (see
+/// [`count_by_status`]). An alert reported twice, or reported and recorded
+/// by the sweep already (reported after the sweep took in and before it read
+/// the table), is counted once.
 pub const COUNT_BY_STATUS: &str = "
     SELECT status::text, count(*) FROM email_sent_log GROUP BY status
      UNION ALL
-    SELECT 'pending', count(*) FROM alert_inbox";
+    SELECT 'pending', count(DISTINCT (i.table_name, i.record_id, i.verdict)) FROM alert_inbox i
+     WHERE NOT EXISTS (SELECT 1 FROM email_sent_log e
+                        WHERE e.table_name = i.table_name AND e.record_id = i.record_id
+                          AND e.verdict = i.verdict)";
+
+/// Alerts by status ([`COUNT_BY_STATUS`]).
+pub async fn count_by_status(
+    client: &tokio_postgres::Client,
+) -> Result<std::collections::HashMap<String, i64>, tokio_postgres::Error> {
+    let mut counts = std::collections::HashMap::new();
+    for r in client.query(COUNT_BY_STATUS, &[]).await? {
+        *counts.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
+    }
+    Ok(counts)
+}
 
 /// Inbox rows taken in by one statement at most, so that a burst is taken
 /// in by several short transactions while delivery claims what is in.
 pub const ADMIT_BATCH: i64 = 5000;
 
-/// Takes up to [`ADMIT_BATCH`] reported alerts into the outbox; returns
-/// (inbox rows taken, alerts added). Fewer rows than a batch taken means the
-/// inbox held no more, as of the statement's start.
-pub async fn admit_reported(pool: &Pool) -> anyhow::Result<(u64, u64)> {
+/// What one [`admit_reported`] did.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// Inbox rows taken; fewer than [`ADMIT_BATCH`] means the inbox held no
+    /// more, as of the statement's start.
+    pub taken: u64,
+    /// Alerts added to the outbox.
+    pub added: u64,
+    /// Those of them claimed at once, in id order.
+    pub claimed: Vec<ClaimedAlert>,
+}
+
+/// Takes up to [`ADMIT_BATCH`] reported alerts into the outbox and claims up
+/// to `limit` of those of `tables` for `worker` (see [`ADMIT`]).
+pub async fn admit_reported(
+    pool: &Pool,
+    tables: &[String],
+    limit: i64,
+    worker: &str,
+    lease: Duration,
+) -> anyhow::Result<Admitted> {
     let client = pool
         .get()
         .await
@@ -211,11 +273,41 @@ pub async fn admit_reported(pool: &Pool) -> anyhow::Result<(u64, u64)> {
         .prepare_cached(ADMIT)
         .await
         .context("Failed to prepare taking in reported alerts")?;
-    let row = client
-        .query_one(&admit, &[&ADMIT_BATCH])
+    let rows = client
+        .query(
+            &admit,
+            &[&ADMIT_BATCH, &tables, &limit, &worker, &lease.as_secs_f64()],
+        )
         .await
         .context("Failed to take in reported alerts")?;
-    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    let Some(first) = rows.first() else {
+        return Ok(Admitted::default());
+    };
+    let mut claimed: Vec<ClaimedAlert> = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+        .map(|r| claimed_alert(r, 2))
+        .collect();
+    claimed.sort_by_key(|a| a.id);
+    Ok(Admitted {
+        taken: first.get::<_, i64>(0) as u64,
+        added: first.get::<_, i64>(1) as u64,
+        claimed,
+    })
+}
+
+/// The columns of [`CLAIM`]'s result, from column `at` on.
+fn claimed_alert(r: &tokio_postgres::Row, at: usize) -> ClaimedAlert {
+    ClaimedAlert {
+        id: r.get(at),
+        table_name: r.get(at + 1),
+        record_id: r.get(at + 2),
+        verdict: r.get(at + 3),
+        attempts: r.get(at + 4),
+        delivered_to: r.get(at + 5),
+        refused_by: r.get(at + 6),
+        created_at: r.get(at + 7),
+    }
 }
 
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
@@ -242,19 +334,7 @@ pub async fn claim(
         )
         .await
         .context("Failed to claim due alerts")?;
-    let mut alerts: Vec<ClaimedAlert> = rows
-        .iter()
-        .map(|r| ClaimedAlert {
-            id: r.get(0),
-            table_name: r.get(1),
-            record_id: r.get(2),
-            verdict: r.get(3),
-            attempts: r.get(4),
-            delivered_to: r.get(5),
-            refused_by: r.get(6),
-            created_at: r.get(7),
-        })
-        .collect();
+    let mut alerts: Vec<ClaimedAlert> = rows.iter().map(|r| claimed_alert(r, 0)).collect();
     alerts.sort_by_key(|a| a.id);
     Ok(alerts)
 }
