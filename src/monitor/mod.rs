@@ -236,43 +236,29 @@ impl Worker {
     /// Claims one batch of due alerts and delivers it; returns how many
     /// alerts it handled (0 when paused, unconfigured or idle).
     pub async fn deliver_once(&self) -> anyhow::Result<usize> {
+        // Taken in even while delivery is paused: an alert is recorded (and
+        // shown as pending) when it arrives, not when it can be sent.
+        self.admit_reported().await?;
         let snapshot = self.snapshot();
         let switches = &snapshot.switches;
-        let limit = (switches.digest_max_records * PARALLEL_DIGESTS) as i64;
-        let mailer = self.0.mailer.lock().expect("mailer lock").clone();
-        let tables = match &mailer {
-            Some(_) if switches.monitor_enabled && switches.email_enabled => {
-                snapshot.deliverable_tables()
-            }
-            _ => Vec::new(),
-        };
-        let started = std::time::Instant::now();
-        // Taken in even while delivery is paused: an alert is recorded (and
-        // shown as pending) when it arrives, not when it can be sent. What
-        // can be sent now is claimed as it is taken in.
-        let mut claimed = self
-            .admit_reported(&tables, limit, switches.sending_lease)
-            .await?;
         if !switches.monitor_enabled {
             return Ok(0);
         }
+        let limit = (switches.digest_max_records * PARALLEL_DIGESTS) as i64;
         if !switches.email_enabled {
             return Ok(queue::suppress_due(&self.0.delivery, limit).await? as usize);
         }
-        let Some(mailer) = mailer else {
+        let Some(mailer) = self.0.mailer.lock().expect("mailer lock").clone() else {
             return Ok(0);
         };
+        let tables = snapshot.deliverable_tables();
         if tables.is_empty() {
             return Ok(0);
         }
         let pool = &self.0.delivery;
-        if (claimed.len() as i64) < limit {
-            let more = limit - claimed.len() as i64;
-            claimed.extend(
-                queue::claim(pool, &tables, more, &self.0.id, switches.sending_lease).await?,
-            );
-            claimed.sort_by_key(|a| a.id);
-        }
+        let started = std::time::Instant::now();
+        let claimed =
+            queue::claim(pool, &tables, limit, &self.0.id, switches.sending_lease).await?;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -327,46 +313,30 @@ impl Worker {
     }
 
     /// Takes reported alerts into the outbox, one batch, in one lane at a
-    /// time, and claims up to `limit` of those of `tables` for this lane: a
-    /// lane that finds another one taking in goes on to claim from the
-    /// outbox, and the one taking in runs again for it, so that what was
-    /// reported after that one's statement started is taken in too. After a
-    /// full batch, another lane is woken for the next one, and this one goes
-    /// on to deliver.
-    async fn admit_reported(
-        &self,
-        tables: &[String],
-        limit: i64,
-        lease: Duration,
-    ) -> anyhow::Result<Vec<queue::ClaimedAlert>> {
+    /// time: a lane that finds another one taking in goes on to claim, and
+    /// the one taking in runs again for it, so that what was reported after
+    /// that one's statement started is taken in too. After a full batch,
+    /// another lane is woken for the next one, and this one goes on to claim.
+    async fn admit_reported(&self) -> anyhow::Result<()> {
         self.0.admit_wanted.store(true, Ordering::SeqCst);
-        let mut claimed = Vec::new();
         loop {
             let Ok(_taking_in) = self.0.admitting.try_lock() else {
-                return Ok(claimed);
+                return Ok(());
             };
             if !self.0.admit_wanted.swap(false, Ordering::SeqCst) {
-                return Ok(claimed);
+                return Ok(());
             }
-            let more = limit - claimed.len() as i64;
-            let admitted =
-                match queue::admit_reported(&self.0.admit, tables, more, &self.0.id, lease).await {
-                    Ok(admitted) => admitted,
-                    Err(e) => {
-                        self.0.admit_wanted.store(true, Ordering::SeqCst);
-                        // What an earlier round claimed is given back.
-                        let ids: Vec<i64> = claimed.iter().map(|a| a.id).collect();
-                        if !ids.is_empty() {
-                            let _ = queue::unclaim(&self.0.delivery, &self.0.id, &ids, false).await;
-                        }
-                        return Err(e);
-                    }
-                };
-            claimed.extend(admitted.claimed);
-            if admitted.taken >= queue::ADMIT_BATCH as u64 {
+            let taken = match queue::admit_reported(&self.0.admit).await {
+                Ok((taken, _)) => taken,
+                Err(e) => {
+                    self.0.admit_wanted.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
+            if taken >= queue::ADMIT_BATCH as u64 {
                 self.0.admit_wanted.store(true, Ordering::SeqCst);
                 self.wake();
-                return Ok(claimed);
+                return Ok(());
             }
         }
     }

@@ -172,49 +172,21 @@ pub const RECORD_OUTCOME: &str = "
 /// Alerts the triggers reported, taken from `alert_inbox` into the outbox:
 /// up to `$1` inbox rows, skipping those another copy is taking in. A record
 /// reported twice becomes one alert, and one already in the outbox none.
-///
-/// Of the alerts of the tables `$2`, the earliest `$3` are claimed at once
-/// by worker `$4` with a lease of `$5` seconds, as [`CLAIM`] would claim
-/// them: written as `sending` rather than written as `pending` and then
-/// claimed, which would cost a second write of each. The others wait as
-/// `pending`; one the outbox held already counts among the `$3` but is not
-/// claimed. `$2` empty claims nothing.
-///
-/// Rows: inbox rows taken and alerts added, then the columns of [`CLAIM`]
-/// for each alert claimed (one row of NULLs when none is).
+/// Returns (inbox rows taken, alerts added).
 pub const ADMIT: &str = "
     WITH reported AS (
         DELETE FROM alert_inbox
          WHERE ctid = ANY(ARRAY(SELECT ctid FROM alert_inbox LIMIT $1 FOR UPDATE SKIP LOCKED))
      RETURNING table_name, record_id, verdict, reported_at
-    ), alerts AS (
-        SELECT table_name, record_id, verdict, min(reported_at) AS reported_at,
-               table_name = ANY($2::text[]) AS deliverable
+    ), admitted AS (
+        INSERT INTO email_sent_log (table_name, record_id, verdict, created_at, next_attempt_at)
+        SELECT table_name, record_id, verdict, min(reported_at), min(reported_at)
           FROM reported
          GROUP BY table_name, record_id, verdict
-    ), ranked AS (
-        SELECT *, deliverable AND row_number() OVER (PARTITION BY deliverable
-                                                      ORDER BY reported_at) <= $3 AS claim
-          FROM alerts
-    ), admitted AS (
-        INSERT INTO email_sent_log (table_name, record_id, verdict, created_at, status,
-                                    attempts, locked_by, next_attempt_at)
-        SELECT table_name, record_id, verdict, reported_at,
-               CASE WHEN claim THEN 'sending' ELSE 'pending' END,
-               CASE WHEN claim THEN 1 ELSE 0 END,
-               CASE WHEN claim THEN $4::text END,
-               CASE WHEN claim THEN now() + make_interval(secs => $5::float8)
-                    ELSE reported_at END
-          FROM ranked
         ON CONFLICT (table_name, record_id, verdict) DO NOTHING
-        RETURNING id, table_name, record_id, verdict, attempts, delivered_to, created_at,
-                  locked_by
+        RETURNING 1
     )
-    SELECT n.taken, n.added, a.id, a.table_name, a.record_id, a.verdict, a.attempts,
-           a.delivered_to, '{}'::text[], a.created_at
-      FROM (SELECT (SELECT count(*) FROM reported) AS taken,
-                   (SELECT count(*) FROM admitted) AS added) n
-      LEFT JOIN admitted a ON a.locked_by IS NOT NULL";
+    SELECT (SELECT count(*) FROM reported), (SELECT count(*) FROM admitted)";
 
 /// Alerts by status, those reported and not yet taken in counted as
 /// pending: (status, count) rows, a status possibly twice (see
@@ -244,27 +216,10 @@ pub async fn count_by_status(
 /// in by several short transactions while delivery claims what is in.
 pub const ADMIT_BATCH: i64 = 5000;
 
-/// What one [`admit_reported`] did.
-#[derive(Debug, Default)]
-pub struct Admitted {
-    /// Inbox rows taken; fewer than [`ADMIT_BATCH`] means the inbox held no
-    /// more, as of the statement's start.
-    pub taken: u64,
-    /// Alerts added to the outbox.
-    pub added: u64,
-    /// Those of them claimed at once, in id order.
-    pub claimed: Vec<ClaimedAlert>,
-}
-
-/// Takes up to [`ADMIT_BATCH`] reported alerts into the outbox and claims up
-/// to `limit` of those of `tables` for `worker` (see [`ADMIT`]).
-pub async fn admit_reported(
-    pool: &Pool,
-    tables: &[String],
-    limit: i64,
-    worker: &str,
-    lease: Duration,
-) -> anyhow::Result<Admitted> {
+/// Takes up to [`ADMIT_BATCH`] reported alerts into the outbox; returns
+/// (inbox rows taken, alerts added). Fewer rows than a batch taken means the
+/// inbox held no more, as of the statement's start.
+pub async fn admit_reported(pool: &Pool) -> anyhow::Result<(u64, u64)> {
     let client = pool
         .get()
         .await
@@ -273,41 +228,11 @@ pub async fn admit_reported(
         .prepare_cached(ADMIT)
         .await
         .context("Failed to prepare taking in reported alerts")?;
-    let rows = client
-        .query(
-            &admit,
-            &[&ADMIT_BATCH, &tables, &limit, &worker, &lease.as_secs_f64()],
-        )
+    let row = client
+        .query_one(&admit, &[&ADMIT_BATCH])
         .await
         .context("Failed to take in reported alerts")?;
-    let Some(first) = rows.first() else {
-        return Ok(Admitted::default());
-    };
-    let mut claimed: Vec<ClaimedAlert> = rows
-        .iter()
-        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-        .map(|r| claimed_alert(r, 2))
-        .collect();
-    claimed.sort_by_key(|a| a.id);
-    Ok(Admitted {
-        taken: first.get::<_, i64>(0) as u64,
-        added: first.get::<_, i64>(1) as u64,
-        claimed,
-    })
-}
-
-/// The columns of [`CLAIM`]'s result, from column `at` on.
-fn claimed_alert(r: &tokio_postgres::Row, at: usize) -> ClaimedAlert {
-    ClaimedAlert {
-        id: r.get(at),
-        table_name: r.get(at + 1),
-        record_id: r.get(at + 2),
-        verdict: r.get(at + 3),
-        attempts: r.get(at + 4),
-        delivered_to: r.get(at + 5),
-        refused_by: r.get(at + 6),
-        created_at: r.get(at + 7),
-    }
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
 
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
@@ -334,7 +259,19 @@ pub async fn claim(
         )
         .await
         .context("Failed to claim due alerts")?;
-    let mut alerts: Vec<ClaimedAlert> = rows.iter().map(|r| claimed_alert(r, 0)).collect();
+    let mut alerts: Vec<ClaimedAlert> = rows
+        .iter()
+        .map(|r| ClaimedAlert {
+            id: r.get(0),
+            table_name: r.get(1),
+            record_id: r.get(2),
+            verdict: r.get(3),
+            attempts: r.get(4),
+            delivered_to: r.get(5),
+            refused_by: r.get(6),
+            created_at: r.get(7),
+        })
+        .collect();
     alerts.sort_by_key(|a| a.id);
     Ok(alerts)
 }

@@ -82,8 +82,8 @@ pub async fn sweep(
 async fn take_in_reported(admit: &Pool) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < TAKE_IN_FOR {
-        let admitted = queue::admit_reported(admit, &[], 0, "", Duration::ZERO).await?;
-        if admitted.taken < queue::ADMIT_BATCH as u64 {
+        let (taken, _) = queue::admit_reported(admit).await?;
+        if taken < queue::ADMIT_BATCH as u64 {
             break;
         }
     }
