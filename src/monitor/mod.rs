@@ -43,6 +43,8 @@ pub const PARALLEL_DIGESTS: usize = 4;
 /// render and send. Their claims together bound what a killed copy may have
 /// sent without recording it: lanes × digests × `digest_max_records`.
 pub const DELIVERY_LANES: usize = 3;
+/// Inbox rows taken in after which the end of a burst vacuums the inbox.
+const VACUUM_INBOX_AFTER: u64 = 10_000;
 
 /// Cheap to clone; every task holds one.
 #[derive(Clone)]
@@ -60,6 +62,8 @@ struct Inner {
     admitting: tokio::sync::Mutex<()>,
     /// Set by each lane about to take in; cleared by the one that does.
     admit_wanted: AtomicBool,
+    /// Inbox rows taken in since this copy last vacuumed the inbox.
+    taken_since_vacuum: AtomicU64,
     secrets: Option<SecretBox>,
     /// Most SMTP connections this copy opens at once.
     smtp_pool_size: u32,
@@ -100,6 +104,7 @@ impl Worker {
             admit,
             admitting: tokio::sync::Mutex::new(()),
             admit_wanted: AtomicBool::new(false),
+            taken_since_vacuum: AtomicU64::new(0),
             secrets,
             smtp_pool_size,
             listen_for_alerts,
@@ -334,9 +339,25 @@ impl Worker {
                 }
             };
             if taken >= queue::ADMIT_BATCH as u64 {
+                self.0
+                    .taken_since_vacuum
+                    .fetch_add(taken, Ordering::Relaxed);
                 self.0.admit_wanted.store(true, Ordering::SeqCst);
                 self.wake();
                 return Ok(());
+            }
+            // The end of a burst: its dead rows would slow every taking in
+            // until autovacuum comes.
+            let since = self
+                .0
+                .taken_since_vacuum
+                .fetch_add(taken, Ordering::Relaxed)
+                + taken;
+            if since >= VACUUM_INBOX_AFTER {
+                self.0.taken_since_vacuum.store(0, Ordering::Relaxed);
+                if let Err(e) = queue::vacuum_inbox(&self.0.admit).await {
+                    tracing::warn!(error = format!("{e:#}"), "inbox not vacuumed");
+                }
             }
         }
     }

@@ -201,6 +201,21 @@ pub const COUNT_BY_STATUS: &str = "
                         WHERE e.table_name = i.table_name AND e.record_id = i.record_id
                           AND e.verdict = i.verdict)";
 
+/// Vacuums the inbox, unless another session is vacuuming it. After a burst
+/// the inbox holds as many dead rows as it took in until autovacuum comes
+/// (up to a minute), and every taking in reads them all: 1 to 4 ms after
+/// 100,000, against a fraction of a millisecond once vacuumed.
+pub async fn vacuum_inbox(pool: &Pool) -> anyhow::Result<()> {
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    client
+        .batch_execute("VACUUM (SKIP_LOCKED) alert_inbox")
+        .await
+        .context("Failed to vacuum the inbox")
+}
+
 /// Alerts by status ([`COUNT_BY_STATUS`]).
 pub async fn count_by_status(
     client: &tokio_postgres::Client,

@@ -935,3 +935,28 @@ async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
         ]
     );
 }
+
+/// After a burst the inbox holds a dead row for each alert it took in, and
+/// every taking in would read them all until autovacuum came (here it never
+/// does): the end of the burst vacuums it.
+#[tokio::test]
+async fn the_inbox_is_vacuumed_after_a_burst() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let client = db.client().await;
+    client
+        .batch_execute("ALTER TABLE alert_inbox SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    let app = db.start().await;
+    wait_until_listening(&app).await;
+    insert_audit_rows(&client, 12_000, FAIL).await;
+    wait_for_count_query(&client, "SELECT count(*) FROM email_sent_log", 12_000).await;
+    wait_for_count_query(
+        &client,
+        "SELECT (pg_relation_size('alert_inbox') = 0)::int::bigint",
+        1,
+    )
+    .await;
+    app.stop().await;
+}
