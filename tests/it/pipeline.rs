@@ -209,6 +209,13 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
         .await
         .unwrap();
     assert_eq!(report.found, 2);
+    // It took in what the trigger reported before it read the table.
+    let reported: i64 = client
+        .query_one("SELECT count(*) FROM alert_inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reported, 0);
     pool.close();
     admit.close();
 
