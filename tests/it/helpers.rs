@@ -403,6 +403,25 @@ pub async fn insert_audit_rows(client: &tokio_postgres::Client, n: i64, verdict:
         .collect()
 }
 
+/// [`insert_audit_rows`] with the triggers bypassed
+/// (`session_replication_role = replica`), as a replication tool writes.
+pub async fn insert_audit_rows_bypassing_triggers(
+    client: &tokio_postgres::Client,
+    n: i64,
+    verdict: &str,
+) -> Vec<i64> {
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    let ids = insert_audit_rows(client, n, verdict).await;
+    client
+        .batch_execute("SET session_replication_role = origin")
+        .await
+        .unwrap();
+    ids
+}
+
 /// Polls the outbox until `sql` (a count query) returns `expected`, or fails.
 pub async fn wait_for_count_query(client: &tokio_postgres::Client, sql: &str, expected: i64) {
     let deadline = tokio::time::Instant::now() + DEADLINE;

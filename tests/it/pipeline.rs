@@ -188,15 +188,7 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
     configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
     let client = db.client().await;
     let mut ids = insert_audit_rows(&client, 3, FAIL).await;
-    client
-        .batch_execute("SET session_replication_role = replica")
-        .await
-        .unwrap();
-    ids.extend(insert_audit_rows(&client, 2, FAIL).await);
-    client
-        .batch_execute("SET session_replication_role = origin")
-        .await
-        .unwrap();
+    ids.extend(insert_audit_rows_bypassing_triggers(&client, 2, FAIL).await);
 
     // A sweep tells the rows the trigger reported from the ones written with
     // triggers bypassed.
@@ -239,15 +231,7 @@ async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
     wait_until_listening(&app).await;
 
     let client = db.client().await;
-    client
-        .batch_execute("SET session_replication_role = replica")
-        .await
-        .unwrap();
-    let ids = insert_audit_rows(&client, 5, FAIL).await;
-    client
-        .batch_execute("SET session_replication_role = origin")
-        .await
-        .unwrap();
+    let ids = insert_audit_rows_bypassing_triggers(&client, 5, FAIL).await;
     let pending: i64 = client
         .query_one(
             "SELECT (SELECT count(*) FROM email_sent_log) + (SELECT count(*) FROM alert_inbox)",
@@ -980,15 +964,7 @@ async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
     db.migrate().await;
     let client = db.client().await;
     let reported = insert_audit_rows(&client, 1, FAIL).await[0];
-    client
-        .batch_execute("SET session_replication_role = replica")
-        .await
-        .unwrap();
-    let bypassed = insert_audit_rows(&client, 1, FAIL).await[0];
-    client
-        .batch_execute("SET session_replication_role = origin")
-        .await
-        .unwrap();
+    let bypassed = insert_audit_rows_bypassing_triggers(&client, 1, FAIL).await[0];
     let holder = db.client().await;
     holder
         .batch_execute("BEGIN; SELECT * FROM alert_inbox FOR UPDATE")
