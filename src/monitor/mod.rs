@@ -338,21 +338,18 @@ impl Worker {
                     return Err(e);
                 }
             };
+            let since = self
+                .0
+                .taken_since_vacuum
+                .fetch_add(taken, Ordering::Relaxed)
+                + taken;
             if taken >= queue::ADMIT_BATCH as u64 {
-                self.0
-                    .taken_since_vacuum
-                    .fetch_add(taken, Ordering::Relaxed);
                 self.0.admit_wanted.store(true, Ordering::SeqCst);
                 self.wake();
                 return Ok(());
             }
             // The end of a burst: its dead rows would slow every taking in
             // until autovacuum comes.
-            let since = self
-                .0
-                .taken_since_vacuum
-                .fetch_add(taken, Ordering::Relaxed)
-                + taken;
             if since >= VACUUM_INBOX_AFTER {
                 self.0.taken_since_vacuum.store(0, Ordering::Relaxed);
                 if let Err(e) = queue::vacuum_inbox(&self.0.admit).await {
