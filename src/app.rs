@@ -58,8 +58,9 @@ impl App {
             .transpose()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let (pool, db_config) = prepare_database(config).await?;
-        if let Some(secrets) = &secrets {
-            encrypt_legacy_passwords(&pool, secrets).await?;
+        match &secrets {
+            Some(secrets) => encrypt_legacy_passwords(&pool, secrets).await?,
+            None => refuse_clear_passwords(&pool).await?,
         }
         let worker = Worker::new(
             pool.clone(),
@@ -191,6 +192,33 @@ async fn purge_loop(pool: Pool, worker: Worker, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
         }
     }
+}
+
+/// Without a key, passwords the old system stored in clear would stay in clear:
+/// the service does not start until `SECRET_KEY` is set.
+async fn refuse_clear_passwords(pool: &Pool) -> Result<(), StartError> {
+    use anyhow::Context;
+    let client = pool
+        .get()
+        .await
+        .context("Failed to get a database connection")?;
+    let clear: i64 = client
+        .query_one(
+            "SELECT count(*) FROM smtp_config
+              WHERE coalesce(sender_password, '') <> '' AND password_encrypted IS NULL",
+            &[],
+        )
+        .await
+        .context("Failed to read stored passwords")?
+        .get(0);
+    if clear == 0 {
+        return Ok(());
+    }
+    Err(StartError::Config(format!(
+        "SECRET_KEY: not set, and {clear} SMTP password(s) the old system stored in clear \
+         wait to be encrypted at start: {}",
+        crate::crypto::KEY_HINT
+    )))
 }
 
 /// Encrypts SMTP passwords the old system stored in clear, once a key exists.

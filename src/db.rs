@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::StreamExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 mod embedded {
     refinery::embed_migrations!("db/migrations");
@@ -21,12 +22,23 @@ pub enum DbError {
     Connect(String),
 }
 
-/// Connects once, spawning the connection's driver task.
+/// Connects once, spawning the connection's driver task. Warnings the server
+/// sends (`RAISE WARNING` in a migration: what an upgrade changed) are logged.
 pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection closed");
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notice(n)) if n.severity() == "WARNING" => {
+                    tracing::warn!("{}", n.message());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "database connection closed");
+                    break;
+                }
+            }
         }
     });
     Ok(client)
@@ -69,19 +81,45 @@ pub async fn migrate(client: &mut Client) -> anyhow::Result<usize> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .context("Failed to take the migration lock")?;
-    let report = embedded::migrations::runner()
-        .set_abort_divergent(true)
-        .run_async(client)
-        .await;
+    let report = match adopt_old_system(client).await {
+        Ok(()) => embedded::migrations::runner()
+            .set_abort_divergent(true)
+            .run_async(client)
+            .await
+            .context("Failed to apply migrations"),
+        Err(e) => Err(e),
+    };
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
         .context("Failed to release the migration lock")?;
-    let report = report.context("Failed to apply migrations")?;
+    let report = report?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied migration");
     }
     Ok(report.applied_migrations().len())
+}
+
+/// Before the first migration only: gives the tables of the old Python
+/// system, when it created them, the shape migration 1 grows from.
+async fn adopt_old_system(client: &mut Client) -> anyhow::Result<()> {
+    let migrated: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("Failed to read the migration history")?
+        .get(0);
+    if migrated {
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    tx.batch_execute(include_str!("../db/adopt_old_system.sql"))
+        .await
+        .context("Failed to prepare the old system's tables for migration")?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// How many migrations this build carries.

@@ -107,6 +107,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ app::StartError::Config(_)) => fail(EXIT_CONFIG, &e),
         Err(e) => fail(1, &e),
     }
 }

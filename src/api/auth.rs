@@ -305,6 +305,6 @@ impl AuthApi {
             )));
         }
         state.worker.reload().await?;
-        Ok(Json(Deleted { deleted: 1 }))
+        Ok(Json(Deleted::rows(1)))
     }
 }

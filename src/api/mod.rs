@@ -5,6 +5,7 @@ mod alerts;
 mod audit;
 mod audit_logs;
 mod auth;
+mod body_errors;
 mod error;
 mod health;
 mod metrics;
@@ -110,6 +111,34 @@ impl<T: ParseFromJSON + ToJSON> Page<T> {
     }
 }
 
+/// The configuration lists the old system had (SMTP servers, recipients):
+/// `items` as every list has, and `data`, the same rows under the name the
+/// old system's lists used, so a script written for it reads them unchanged.
+#[derive(Object)]
+pub struct ConfigList<T: ParseFromJSON + ToJSON + Clone> {
+    pub items: Vec<T>,
+    /// Deprecated: the same rows as `items`.
+    #[oai(deprecated)]
+    pub data: Vec<T>,
+    /// Matches across all pages.
+    pub total: i64,
+    /// 1-based.
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl<T: ParseFromJSON + ToJSON + Clone> From<Page<T>> for ConfigList<T> {
+    fn from(page: Page<T>) -> Self {
+        Self {
+            data: page.items.clone(),
+            items: page.items,
+            total: page.total,
+            page: page.page,
+            page_size: page.page_size,
+        }
+    }
+}
+
 /// What one list query selects: trusted SQL from this crate (`filter` uses
 /// `$1…$n` for `params`), the caller's values only in `params`.
 pub(crate) struct ListQuery<'a> {
@@ -202,6 +231,17 @@ pub(crate) fn default_page_size() -> u32 {
 #[derive(Object)]
 pub struct Deleted {
     pub deleted: u64,
+    /// The same in plain words, as the old system answered.
+    pub message: String,
+}
+
+impl Deleted {
+    pub fn rows(deleted: u64) -> Self {
+        Self {
+            deleted,
+            message: format!("{deleted} deleted"),
+        }
+    }
 }
 
 /// Parses an e-mail address, naming `field` when it is not one.
@@ -336,6 +376,7 @@ pub fn routes(
         .at("/metrics", poem::get(metrics::metrics))
         .nest("/docs", docs)
         .around(path_param_names)
+        .around(body_errors::name_body_fields)
         .catch_all_error(error::into_problem)
         .around(move |next, req| audit::gate(next, req, layer.clone()))
         .data(state)

@@ -13,8 +13,8 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{
-    default_page, default_page_size, list_page, parse_email, ApiTags, AppState, Deleted, ListQuery,
-    Page,
+    default_page, default_page_size, list_page, parse_email, ApiTags, AppState, ConfigList,
+    Deleted, ListQuery,
 };
 use crate::audit_log::mask::Strategy;
 use crate::audit_log::{Audit, Masked};
@@ -22,7 +22,7 @@ use crate::audit_log::{Audit, Masked};
 pub struct RecipientsApi;
 
 /// Someone who receives a table's alerts.
-#[derive(Object)]
+#[derive(Object, Clone)]
 pub struct Recipient {
     pub id: i32,
     /// The watched table whose alerts this recipient gets.
@@ -47,6 +47,30 @@ pub struct RecipientInput {
     #[oai(validator(max_length = 255))]
     pub name: Option<String>,
     /// Default true.
+    #[oai(skip_serializing_if_is_none)]
+    pub is_active: Option<bool>,
+}
+
+/// A recipient saved, with the old system's confirmation message.
+#[derive(Object)]
+pub struct RecipientSaved {
+    /// What was done, in plain words.
+    pub message: String,
+    #[oai(flatten)]
+    pub recipient: Recipient,
+}
+
+/// The fields of a recipient to change; the others are kept.
+#[derive(Object)]
+pub struct RecipientChange {
+    /// A watched table (see `/api/config/tables`).
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub table_name: Option<String>,
+    #[oai(validator(max_length = 255))]
+    pub email: Option<String>,
+    /// "" removes the name.
+    #[oai(validator(max_length = 255))]
+    pub name: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
 }
@@ -86,23 +110,25 @@ async fn validate(
     at: &str,
 ) -> ApiResult<String> {
     let email = parse_email(&format!("{at}email"), &input.email)?.to_string();
+    ensure_watched(client, &input.table_name, at).await?;
+    Ok(email)
+}
+
+async fn ensure_watched(client: &impl GenericClient, table: &str, at: &str) -> ApiResult<()> {
     let watched = client
         .query_opt(
             "SELECT 1 FROM watched_tables WHERE table_name = $1",
-            &[&input.table_name],
+            &[&table],
         )
         .await?
         .is_some();
     if !watched {
         return Err(ApiError::unprocessable(
             &format!("{at}table_name"),
-            format!(
-                "{at}table_name: table '{}' is not watched",
-                input.table_name
-            ),
+            format!("{at}table_name: table '{table}' is not watched"),
         ));
     }
-    Ok(email)
+    Ok(())
 }
 
 fn duplicate(e: &tokio_postgres::Error, at: &str) -> Option<ApiError> {
@@ -173,9 +199,13 @@ impl RecipientsApi {
         state: Data<&AppState>,
         _auth: OperatorAuth,
         body: Json<RecipientInput>,
-    ) -> ApiResult<Json<Recipient>> {
+    ) -> ApiResult<Json<RecipientSaved>> {
         let client = state.pool.get().await?;
-        insert(&client, &body, "").await.map(Json)
+        let recipient = insert(&client, &body, "").await?;
+        Ok(Json(RecipientSaved {
+            message: "recipient added".into(),
+            recipient,
+        }))
     }
 
     /// List recipients, optionally of one table or by active flag
@@ -206,7 +236,7 @@ impl RecipientsApi {
             validator(minimum(value = "1"), maximum(value = "500"))
         )]
         page_size: Query<u32>,
-    ) -> ApiResult<Json<Page<Recipient>>> {
+    ) -> ApiResult<Json<ConfigList<Recipient>>> {
         let query = ListQuery {
             table: "recipients_config",
             columns: COLUMNS,
@@ -217,7 +247,7 @@ impl RecipientsApi {
         };
         list_page(&state, query, page.0, page_size.0, to_recipient)
             .await
-            .map(Json)
+            .map(|page| Json(page.into()))
     }
 
     /// Get one recipient
@@ -245,7 +275,7 @@ impl RecipientsApi {
             .ok_or_else(|| not_found(id.0))
     }
 
-    /// Replace a recipient
+    /// Change a recipient: only the fields given
     ///
     /// Requires the operator or admin role.
     #[oai(
@@ -258,29 +288,36 @@ impl RecipientsApi {
         state: Data<&AppState>,
         _auth: OperatorAuth,
         id: Path<i32>,
-        body: Json<RecipientInput>,
-    ) -> ApiResult<Json<Recipient>> {
+        body: Json<RecipientChange>,
+    ) -> ApiResult<Json<RecipientSaved>> {
         let client = state.pool.get().await?;
-        let email = validate(&client, &body, "").await?;
-        client
+        let email = body
+            .email
+            .as_deref()
+            .map(|e| parse_email("email", e).map(|a| a.to_string()))
+            .transpose()?;
+        if let Some(table) = &body.table_name {
+            ensure_watched(&client, table, "").await?;
+        }
+        let recipient = client
             .query_opt(
                 &format!(
-                    "UPDATE recipients_config SET table_name = $2, email = $3, name = $4,
-                         is_active = $5, updated_at = now()
+                    "UPDATE recipients_config SET table_name = coalesce($2, table_name),
+                         email = coalesce($3, email),
+                         name = CASE WHEN $4::text IS NULL THEN name ELSE nullif($4, '') END,
+                         is_active = coalesce($5, is_active), updated_at = now()
                       WHERE id = $1 RETURNING {COLUMNS}"
                 ),
-                &[
-                    &id.0,
-                    &body.table_name,
-                    &email,
-                    &body.name,
-                    &body.is_active.unwrap_or(true),
-                ],
+                &[&id.0, &body.table_name, &email, &body.name, &body.is_active],
             )
             .await
             .map_err(|e| duplicate(&e, "").unwrap_or_else(|| e.into()))?
-            .map(|r| Json(to_recipient(&r)))
-            .ok_or_else(|| not_found(id.0))
+            .map(|r| to_recipient(&r))
+            .ok_or_else(|| not_found(id.0))?;
+        Ok(Json(RecipientSaved {
+            message: "recipient updated".into(),
+            recipient,
+        }))
     }
 
     /// Delete a recipient
@@ -303,7 +340,7 @@ impl RecipientsApi {
             .await?
         {
             0 => Err(not_found(id.0)),
-            n => Ok(Json(Deleted { deleted: n })),
+            n => Ok(Json(Deleted::rows(n))),
         }
     }
 
@@ -360,8 +397,6 @@ impl RecipientsApi {
             return Err(not_found(*missing));
         }
         tx.commit().await?;
-        Ok(Json(Deleted {
-            deleted: deleted.len() as u64,
-        }))
+        Ok(Json(Deleted::rows(deleted.len() as u64)))
     }
 }

@@ -3,16 +3,19 @@
 
 use chrono::{DateTime, Utc};
 use lettre::message::Mailbox;
+use lettre::Address;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{
-    default_page, default_page_size, parse_email, table_page, ApiTags, AppState, Deleted, Page,
+    default_page, default_page_size, parse_email, table_page, ApiTags, AppState, ConfigList,
+    Deleted,
 };
 use crate::audit_log::Audit;
 use crate::crypto::KEY_HINT;
@@ -52,20 +55,21 @@ impl SmtpSecurity {
     }
 }
 
-/// A stored SMTP configuration. The password is never returned.
-#[derive(Object)]
+/// A stored SMTP configuration. The password is never returned. `security`
+/// is the security in effect (derived from the port when none was stored).
+#[derive(Object, Clone)]
 pub struct SmtpConfig {
     pub id: i32,
+    /// The configuration's label, unique.
+    pub name: String,
     pub smtp_server: String,
     pub smtp_port: u16,
-    /// The security in effect (derived from the port when none was stored).
     pub security: SmtpSecurity,
     pub sender_email: String,
     #[oai(skip_serializing_if_is_none)]
     pub sender_name: Option<String>,
-    /// Login name; the sender address is used when empty.
-    #[oai(skip_serializing_if_is_none)]
-    pub username: Option<String>,
+    /// The login name in effect: the one stored, else the sender address.
+    pub username: String,
     /// Whether a password is stored.
     pub password_set: bool,
     pub timeout_seconds: i32,
@@ -73,27 +77,57 @@ pub struct SmtpConfig {
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Deprecated: the old system's name of `smtp_server`.
+    #[oai(deprecated)]
+    pub server: String,
+    /// Deprecated: the old system's name of `smtp_port`.
+    #[oai(deprecated)]
+    pub port: u16,
 }
 
-/// A new or replaced SMTP configuration.
+/// An SMTP configuration saved, with the old system's confirmation message.
+#[derive(Object)]
+pub struct SmtpConfigSaved {
+    /// What was done, in plain words.
+    pub message: String,
+    #[oai(flatten)]
+    pub config: SmtpConfig,
+}
+
+/// An SMTP configuration to add, or the fields of one to change: a PUT
+/// changes only the fields it gives. `security` defaults to `tls` on port
+/// 465 and `starttls` elsewhere. The old system's bodies (`name`, `server`,
+/// `port`, `username`, `password`, `is_active`) are accepted as they are.
 #[derive(Object)]
 pub struct SmtpConfigInput {
-    /// Host name or IP address of the SMTP server.
+    /// A label, unique among the configurations (e.g. "公司邮箱"). On create,
+    /// defaults to "<sender_email> @ <smtp_server>:<smtp_port>".
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub name: Option<String>,
+    /// Host name or IP address of the SMTP server; required on create (or `server`).
     #[oai(validator(min_length = 1, max_length = 255))]
-    pub smtp_server: String,
-    /// TCP port (1-65535).
+    pub smtp_server: Option<String>,
+    /// Deprecated: the old system's name of `smtp_server`.
+    #[oai(deprecated, validator(min_length = 1, max_length = 255))]
+    pub server: Option<String>,
+    /// TCP port (1-65535); on create, defaults to 587.
     #[oai(validator(minimum(value = "1"), maximum(value = "65535")))]
-    pub smtp_port: u32,
-    /// Defaults to `tls` on port 465 and `starttls` elsewhere.
+    pub smtp_port: Option<u32>,
+    /// Deprecated: the old system's name of `smtp_port`.
+    #[oai(deprecated, validator(minimum(value = "1"), maximum(value = "65535")))]
+    pub port: Option<u32>,
     #[oai(skip_serializing_if_is_none)]
     pub security: Option<SmtpSecurity>,
-    /// The From address.
+    /// The From address; on create, defaults to `username` when that is an
+    /// e-mail address (the old system's login and sender in one).
     #[oai(validator(max_length = 255))]
-    pub sender_email: String,
-    /// Display name in From.
+    pub sender_email: Option<String>,
+    /// Display name in From; "" removes it.
     #[oai(validator(max_length = 255))]
     pub sender_name: Option<String>,
-    /// Login name when it differs from the sender address.
+    /// Login name when it differs from the sender address; "" removes it. A
+    /// configuration whose login is its sender address keeps them one: a new
+    /// address given here becomes the sender too.
     #[oai(validator(max_length = 255))]
     pub username: Option<String>,
     /// Stored encrypted (needs SECRET_KEY), never returned. On update, leave
@@ -103,7 +137,8 @@ pub struct SmtpConfigInput {
     /// Seconds to wait on the server (1-600, default 30).
     #[oai(validator(minimum(value = "1"), maximum(value = "600")))]
     pub timeout_seconds: Option<u32>,
-    /// Make this the active configuration (others are deactivated).
+    /// Make this the active configuration (others are deactivated). On
+    /// create, defaults to true when no configuration is active yet.
     #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
 }
@@ -137,26 +172,39 @@ pub struct SmtpTestResult {
     pub detail: String,
 }
 
-const COLUMNS: &str = "id, smtp_server, smtp_port, security, sender_email, sender_name, username,
+const COLUMNS: &str = "id,
+     coalesce(name, left(sender_email || ' @ ' || smtp_server || ':' || smtp_port, 100)), smtp_server, smtp_port, security, sender_email, sender_name,
+     coalesce(nullif(username, ''), sender_email),
      (password_encrypted IS NOT NULL OR coalesce(sender_password, '') <> ''), timeout_seconds,
      is_active, created_at, updated_at";
 
 fn to_config(r: &Row) -> SmtpConfig {
-    let port = u16::try_from(r.get::<_, i32>(2)).unwrap_or(25);
+    let port = u16::try_from(r.get::<_, i32>(3)).unwrap_or(25);
+    let server: String = r.get(2);
     SmtpConfig {
         id: r.get(0),
-        smtp_server: r.get(1),
+        name: r.get(1),
+        server: server.clone(),
+        smtp_server: server,
         smtp_port: port,
-        security: SmtpSecurity::from_security(Security::resolve(r.get(3), port)),
-        sender_email: r.get(4),
-        sender_name: r.get(5),
-        username: r.get(6),
-        password_set: r.get(7),
-        timeout_seconds: r.get(8),
-        is_active: r.get(9),
-        created_at: r.get(10),
-        updated_at: r.get(11),
+        port,
+        security: SmtpSecurity::from_security(Security::resolve(r.get(4), port)),
+        sender_email: r.get(5),
+        sender_name: r.get(6),
+        username: r.get(7),
+        password_set: r.get(8),
+        timeout_seconds: r.get(9),
+        is_active: r.get(10),
+        created_at: r.get(11),
+        updated_at: r.get(12),
     }
+}
+
+fn saved(message: &str, row: &Row) -> Json<SmtpConfigSaved> {
+    Json(SmtpConfigSaved {
+        message: message.into(),
+        config: to_config(row),
+    })
 }
 
 /// What the input asks to store for the password: keep, clear or a new cipher text.
@@ -180,15 +228,104 @@ fn password_change(state: &AppState, input: &SmtpConfigInput) -> ApiResult<Passw
     }
 }
 
-fn validate(input: &SmtpConfigInput) -> ApiResult<()> {
-    parse_email("sender_email", &input.sender_email)?;
-    if input.smtp_server.trim().is_empty() || input.smtp_server.contains(char::is_whitespace) {
+/// The fields a request gives, the old system's names resolved to today's.
+/// `Some("")` clears `sender_name` and `username`.
+struct Given {
+    name: Option<String>,
+    smtp_server: Option<String>,
+    smtp_port: Option<i32>,
+    security: Option<&'static str>,
+    sender_email: Option<String>,
+    sender_name: Option<String>,
+    username: Option<String>,
+    /// `username` when it is an e-mail address: the sender of a
+    /// configuration whose login is its sender address.
+    username_address: Option<String>,
+    timeout_seconds: Option<i32>,
+    is_active: Option<bool>,
+}
+
+/// A field given under today's name or its old one; both must agree.
+fn either<T: PartialEq>(
+    field: &str,
+    value: Option<T>,
+    old: &str,
+    old_value: Option<T>,
+) -> ApiResult<Option<T>> {
+    match (value, old_value) {
+        (Some(v), Some(o)) if v != o => Err(ApiError::invalid(
+            old,
+            format!("{old} is the old name of {field}, and the two differ: give one of them"),
+        )),
+        (v, o) => Ok(v.or(o)),
+    }
+}
+
+fn given(input: &SmtpConfigInput) -> ApiResult<Given> {
+    let name = input.name.as_deref().map(str::trim);
+    if name == Some("") {
+        return Err(ApiError::invalid("name", "name must not be blank"));
+    }
+    let smtp_server = either(
+        "smtp_server",
+        input.smtp_server.as_deref().map(str::trim),
+        "server",
+        input.server.as_deref().map(str::trim),
+    )?;
+    if smtp_server.is_some_and(|s| s.is_empty() || s.contains(char::is_whitespace)) {
         return Err(ApiError::invalid(
             "smtp_server",
             "smtp_server must be a host name or IP address",
         ));
     }
-    Ok(())
+    let smtp_port = either("smtp_port", input.smtp_port, "port", input.port)?;
+    let sender_email = input
+        .sender_email
+        .as_deref()
+        .map(|e| parse_email("sender_email", e).map(|a| a.to_string()))
+        .transpose()?;
+    let username = input.username.as_deref().map(str::trim);
+    Ok(Given {
+        name: name.map(str::to_owned),
+        smtp_server: smtp_server.map(str::to_owned),
+        smtp_port: smtp_port.map(|p| p as i32),
+        security: input.security.map(SmtpSecurity::as_str),
+        sender_email,
+        sender_name: input.sender_name.clone(),
+        username_address: username
+            .and_then(|u| u.parse::<Address>().ok())
+            .map(|a| a.to_string()),
+        username: username.map(str::to_owned),
+        timeout_seconds: input.timeout_seconds.map(|t| t as i32),
+        is_active: input.is_active,
+    })
+}
+
+/// A unique `name` taken already.
+fn duplicate_name(e: tokio_postgres::Error, name: Option<&str>) -> ApiError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        return ApiError::conflict(
+            Some("name"),
+            format!(
+                "name: an SMTP configuration named '{}' exists already",
+                name.unwrap_or_default()
+            ),
+        );
+    }
+    e.into()
+}
+
+/// The label of a configuration created without one (as `COLUMNS` shows a
+/// configuration stored without one).
+fn default_name(sender: &str, server: &str, port: i32) -> String {
+    format!("{sender} @ {server}:{port}")
+        .chars()
+        .take(100)
+        .collect()
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.is_empty())
 }
 
 /// How each SMTP operation is audited.
@@ -217,15 +354,40 @@ impl SmtpApi {
         state: Data<&AppState>,
         _auth: OperatorAuth,
         body: Json<SmtpConfigInput>,
-    ) -> ApiResult<Json<SmtpConfig>> {
-        validate(&body)?;
+    ) -> ApiResult<Json<SmtpConfigSaved>> {
+        let given = given(&body)?;
+        let server = given.smtp_server.ok_or_else(|| {
+            ApiError::invalid(
+                "smtp_server",
+                "smtp_server (or its old name server) is required",
+            )
+        })?;
+        let sender = given
+            .sender_email
+            .or(given.username_address)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "sender_email",
+                    "sender_email is required, or username as an e-mail address",
+                )
+            })?;
+        let port = given.smtp_port.unwrap_or(587);
+        let name = given
+            .name
+            .unwrap_or_else(|| default_name(&sender, &server, port));
         let encrypted = match password_change(&state, &body)? {
             PasswordChange::Set(c) => Some(c),
             PasswordChange::Keep | PasswordChange::Clear => None,
         };
         let mut client = state.pool.get().await?;
         let tx = client.transaction().await?;
-        let active = body.is_active.unwrap_or(false);
+        let active = match given.is_active {
+            Some(active) => active,
+            None => tx
+                .query_opt("SELECT 1 FROM smtp_config WHERE is_active LIMIT 1", &[])
+                .await?
+                .is_none(),
+        };
         if active {
             tx.execute(
                 "UPDATE smtp_config SET is_active = false, updated_at = now() WHERE is_active",
@@ -236,25 +398,27 @@ impl SmtpApi {
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO smtp_config (smtp_server, smtp_port, security, sender_email, sender_name,
-                         username, password_encrypted, timeout_seconds, is_active)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+                    "INSERT INTO smtp_config (name, smtp_server, smtp_port, security, sender_email,
+                         sender_name, username, password_encrypted, timeout_seconds, is_active)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
                 ),
                 &[
-                    &body.smtp_server.trim(),
-                    &(body.smtp_port as i32),
-                    &body.security.map(SmtpSecurity::as_str),
-                    &body.sender_email.trim(),
-                    &body.sender_name,
-                    &body.username,
+                    &name,
+                    &server,
+                    &port,
+                    &given.security,
+                    &sender,
+                    &non_empty(given.sender_name),
+                    &non_empty(given.username),
                     &encrypted,
-                    &(body.timeout_seconds.unwrap_or(30) as i32),
+                    &given.timeout_seconds.unwrap_or(30),
                     &active,
                 ],
             )
-            .await?;
+            .await
+            .map_err(|e| duplicate_name(e, Some(&name)))?;
         tx.commit().await?;
-        Ok(Json(to_config(&row)))
+        Ok(saved("SMTP configuration created", &row))
     }
 
     /// List SMTP configurations
@@ -277,7 +441,7 @@ impl SmtpApi {
             validator(minimum(value = "1"), maximum(value = "500"))
         )]
         page_size: Query<u32>,
-    ) -> ApiResult<Json<Page<SmtpConfig>>> {
+    ) -> ApiResult<Json<ConfigList<SmtpConfig>>> {
         table_page(
             &state,
             "smtp_config",
@@ -287,7 +451,7 @@ impl SmtpApi {
             to_config,
         )
         .await
-        .map(Json)
+        .map(|page| Json(page.into()))
     }
 
     /// Get one SMTP configuration
@@ -315,7 +479,7 @@ impl SmtpApi {
             .ok_or_else(|| not_found(id.0))
     }
 
-    /// Replace an SMTP configuration
+    /// Change an SMTP configuration: only the fields given
     ///
     /// Requires the operator or admin role.
     #[oai(
@@ -329,8 +493,8 @@ impl SmtpApi {
         _auth: OperatorAuth,
         id: Path<i32>,
         body: Json<SmtpConfigInput>,
-    ) -> ApiResult<Json<SmtpConfig>> {
-        validate(&body)?;
+    ) -> ApiResult<Json<SmtpConfigSaved>> {
+        let given = given(&body)?;
         let (clear, encrypted) = match password_change(&state, &body)? {
             PasswordChange::Keep => (false, None),
             PasswordChange::Clear => (true, None),
@@ -338,42 +502,55 @@ impl SmtpApi {
         };
         let mut client = state.pool.get().await?;
         let tx = client.transaction().await?;
-        if body.is_active == Some(true) {
+        if given.is_active == Some(true) {
             tx.execute(
                 "UPDATE smtp_config SET is_active = false, updated_at = now() WHERE is_active AND id <> $1",
                 &[&id.0],
             )
             .await?;
         }
+        // In SET, a column names its value before the update: a sender that
+        // was the login follows a new login address.
         let row = tx
             .query_opt(
                 &format!(
-                    "UPDATE smtp_config SET smtp_server = $2, smtp_port = $3, security = $4,
-                         sender_email = $5, sender_name = $6, username = $7, timeout_seconds = $8,
-                         is_active = coalesce($9, is_active),
-                         password_encrypted = CASE WHEN $10 THEN $11 ELSE password_encrypted END,
-                         sender_password = CASE WHEN $10 THEN NULL ELSE sender_password END,
+                    "UPDATE smtp_config SET name = coalesce($2, name),
+                         smtp_server = coalesce($3, smtp_server),
+                         smtp_port = coalesce($4, smtp_port),
+                         security = coalesce($5, security),
+                         sender_email = coalesce($6, CASE
+                             WHEN $7::text IS NOT NULL AND sender_email = coalesce(nullif(username, ''), sender_email)
+                             THEN $7 ELSE sender_email END),
+                         sender_name = CASE WHEN $8::text IS NULL THEN sender_name ELSE nullif($8, '') END,
+                         username = CASE WHEN $9::text IS NULL THEN username ELSE nullif($9, '') END,
+                         timeout_seconds = coalesce($10, timeout_seconds),
+                         is_active = coalesce($11, is_active),
+                         password_encrypted = CASE WHEN $12 THEN $13 ELSE password_encrypted END,
+                         sender_password = CASE WHEN $12 THEN NULL ELSE sender_password END,
                          updated_at = now()
                       WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[
                     &id.0,
-                    &body.smtp_server.trim(),
-                    &(body.smtp_port as i32),
-                    &body.security.map(SmtpSecurity::as_str),
-                    &body.sender_email.trim(),
-                    &body.sender_name,
-                    &body.username,
-                    &(body.timeout_seconds.unwrap_or(30) as i32),
-                    &body.is_active,
+                    &given.name,
+                    &given.smtp_server,
+                    &given.smtp_port,
+                    &given.security,
+                    &given.sender_email,
+                    &given.username_address,
+                    &given.sender_name,
+                    &given.username,
+                    &given.timeout_seconds,
+                    &given.is_active,
                     &clear,
                     &encrypted,
                 ],
             )
-            .await?
+            .await
+            .map_err(|e| duplicate_name(e, given.name.as_deref()))?
             .ok_or_else(|| not_found(id.0))?;
         tx.commit().await?;
-        Ok(Json(to_config(&row)))
+        Ok(saved("SMTP configuration updated", &row))
     }
 
     /// Delete an SMTP configuration
@@ -396,7 +573,7 @@ impl SmtpApi {
             .await?
         {
             0 => Err(not_found(id.0)),
-            n => Ok(Json(Deleted { deleted: n })),
+            n => Ok(Json(Deleted::rows(n))),
         }
     }
 

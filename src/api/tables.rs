@@ -257,6 +257,6 @@ impl TablesApi {
             return Err(not_found(&table_name.0));
         }
         state.worker.reload().await?;
-        Ok(Json(Deleted { deleted: 1 }))
+        Ok(Json(Deleted::rows(1)))
     }
 }

@@ -44,13 +44,13 @@ pub struct TemplateInput {
     pub text: String,
 }
 
-/// What to preview.
+/// What to preview. `template`, when given, is rendered instead of the
+/// stored templates.
 #[derive(Object)]
 pub struct PreviewRequest {
     /// Render this record (default: the table's newest row, or a sample).
     #[oai(skip_serializing_if_is_none)]
     pub record_id: Option<String>,
-    /// Render these templates instead of the stored ones.
     #[oai(skip_serializing_if_is_none)]
     pub template: Option<TemplateInput>,
 }
@@ -248,7 +248,7 @@ impl TemplatesApi {
             )
             .await?;
         state.worker.reload().await?;
-        Ok(Json(Deleted { deleted }))
+        Ok(Json(Deleted::rows(deleted)))
     }
 
     /// Render a table's templates (or the given ones) for a record

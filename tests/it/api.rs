@@ -26,10 +26,13 @@ pub fn client_with_token(app: &audit_alert::app::App, token: &str) -> Client {
 
 fn smtp_input(port: u16) -> types::SmtpConfigInput {
     types::SmtpConfigInput {
-        smtp_server: "127.0.0.1".try_into().unwrap(),
-        smtp_port: NonZeroU32::new(port.into()).unwrap(),
+        name: None,
+        smtp_server: Some("127.0.0.1".try_into().unwrap()),
+        server: None,
+        smtp_port: Some(NonZeroU32::new(port.into()).unwrap()),
+        port: None,
         security: Some(types::SmtpSecurity::None),
-        sender_email: "alerts@example.com".try_into().unwrap(),
+        sender_email: Some("alerts@example.com".try_into().unwrap()),
         sender_name: Some("审核告警".try_into().unwrap()),
         username: None,
         password: None,
@@ -426,8 +429,10 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
         .items;
     assert_eq!(audit.len(), 2);
 
-    let mut off = input("audit_results", "c@example.com");
-    off.is_active = Some(false);
+    let off = types::RecipientChange {
+        is_active: Some(false),
+        ..Default::default()
+    };
     api.recipient_update(created[1].id, &off).await.unwrap();
     let active = api
         .recipient_list(Some(true), None, None, Some("audit_results"))
@@ -909,7 +914,7 @@ async fn the_smtp_test_names_what_went_wrong() {
         .into_inner();
     let mut tls = smtp_input(smtp.port);
     tls.security = Some(types::SmtpSecurity::Tls);
-    tls.smtp_server = "localhost".try_into().unwrap();
+    tls.smtp_server = Some("localhost".try_into().unwrap());
     let tls = api.smtp_create(&tls).await.unwrap().into_inner();
     let test = |id, to: &str| {
         let api = &api;
