@@ -1,8 +1,9 @@
 //! Names the field a JSON body failed on, for every operation. poem-openapi
 //! reports a value of the wrong type ("Expected input type string, found
-//! null") without saying where it is; the operation's request schema in the
-//! spec does, so the body is walked along it to the first value that does not
-//! fit, and the problem names that field (`recipients[2].email`).
+//! null") without saying where it is, and takes `null` for a field that may be
+//! left out; the operation's request schema in the spec says where and what,
+//! so the body is walked along it first, and the first value that does not
+//! fit is refused with a problem naming that field (`recipients[2].email`).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -17,6 +18,25 @@ use super::error::ApiError;
 struct Schemas {
     components: Map<String, Value>,
     bodies: HashMap<String, Value>,
+    /// (method, path segments, `None` for a parameter) → operation id.
+    routes: Vec<(String, Vec<Option<String>>, &'static str)>,
+}
+
+impl Schemas {
+    fn operation(&self, method: &str, path: &str) -> Option<&'static str> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        self.routes
+            .iter()
+            .find(|(m, pattern, _)| {
+                m == method
+                    && pattern.len() == segments.len()
+                    && pattern
+                        .iter()
+                        .zip(&segments)
+                        .all(|(p, s)| p.as_deref().is_none_or(|p| p == *s))
+            })
+            .map(|(_, _, id)| *id)
+    }
 }
 
 fn schemas() -> &'static Schemas {
@@ -28,28 +48,54 @@ fn schemas() -> &'static Schemas {
             .cloned()
             .unwrap_or_default();
         let mut bodies = HashMap::new();
-        for operation in spec["paths"]
-            .as_object()
-            .into_iter()
-            .flat_map(|paths| paths.values())
-            .filter_map(Value::as_object)
-            .flat_map(|methods| methods.values())
-        {
-            let schema = operation["requestBody"]["content"]
-                .as_object()
-                .and_then(|c| c.values().next())
-                .map(|media| media["schema"].clone());
-            if let (Some(id), Some(schema)) = (operation["operationId"].as_str(), schema) {
+        let mut routes = Vec::new();
+        for (path, methods) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in methods.as_object().into_iter().flatten() {
+                let schema = operation["requestBody"]["content"]
+                    .as_object()
+                    .and_then(|c| c.values().next())
+                    .map(|media| media["schema"].clone());
+                let (Some(id), Some(schema)) = (operation["operationId"].as_str(), schema) else {
+                    continue;
+                };
+                let id: &'static str = Box::leak(id.to_owned().into_boxed_str());
+                let pattern: Vec<Option<String>> = path
+                    .split('/')
+                    .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
+                    .collect();
+                routes.push((method.to_uppercase(), pattern, id));
                 bodies.insert(id.to_owned(), schema);
             }
         }
-        Schemas { components, bodies }
+        // A literal segment wins over a parameter (`/batch` over `/{id}`).
+        routes.sort_by_key(|(_, pattern, _)| pattern.iter().filter(|s| s.is_none()).count());
+        Schemas {
+            components,
+            bodies,
+            routes,
+        }
     })
 }
 
-/// Rewrites a body parse error into a problem that names the field.
+/// Refuses a JSON body that does not fit its operation's schema, naming the
+/// field; rewrites a body parse error the same way.
 pub async fn name_body_fields<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
     let body = req.take_body().into_bytes().await?;
+    let s = schemas();
+    let operation = (!body.is_empty())
+        .then(|| s.operation(req.method().as_str(), req.uri().path()))
+        .flatten();
+    if let Some(operation) = operation {
+        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+            let schema = &s.bodies[operation];
+            if let Some((field, reason)) = first_misfit(&s.components, schema, &value, "") {
+                let mut named: poem::Error =
+                    ApiError::invalid(&field, format!("{field}: {reason}")).into();
+                named.set_data(OperationId(operation));
+                return Err(named);
+            }
+        }
+    }
     req.set_body(body.clone());
     match next.call(req).await {
         Ok(response) => Ok(response.into_response()),
@@ -123,7 +169,14 @@ pub(crate) fn first_misfit(
                         };
                         return Some((at, format!("is required, found {found}")));
                     }
-                    None | Some(Value::Null) => {}
+                    None => {}
+                    Some(Value::Null) if resolve(components, property)["nullable"] != true => {
+                        return Some((
+                            at,
+                            format!("expected {}, found null", expected(components, property)),
+                        ));
+                    }
+                    Some(Value::Null) => {}
                     Some(v) => {
                         if let Some(found) = first_misfit(components, property, v, &at) {
                             return Some(found);
@@ -238,6 +291,25 @@ fn resolve<'a>(components: &'a Map<String, Value>, schema: &'a Value) -> &'a Val
     schema
 }
 
+/// What a schema takes, in words, for a null where a value belongs.
+fn expected(components: &Map<String, Value>, schema: &Value) -> String {
+    let schema = resolve(components, schema);
+    match schema["type"].as_str() {
+        _ if schema["enum"].is_array() => "one of the listed values".into(),
+        Some("integer") => {
+            let (min, max) = integer_range(schema["format"].as_str());
+            let min = schema["minimum"].as_f64().unwrap_or(min).max(min);
+            let max = schema["maximum"].as_f64().unwrap_or(max).min(max);
+            format!("an integer from {min} to {max}, or no field at all")
+        }
+        Some("string") => "a string, or no field at all".into(),
+        Some("boolean") => "true or false, or no field at all".into(),
+        Some("array") => "an array, or no field at all".into(),
+        Some("object") => "an object, or no field at all".into(),
+        _ => "a value".into(),
+    }
+}
+
 fn integer_range(format: Option<&str>) -> (f64, f64) {
     match format {
         Some("int8") => (i8::MIN as f64, i8::MAX as f64),
@@ -286,6 +358,21 @@ mod tests {
     fn misfit(operation: &str, body: Value) -> Option<(String, String)> {
         let s = schemas();
         first_misfit(&s.components, &s.bodies[operation], &body, "")
+    }
+
+    #[test]
+    fn finds_the_operation_of_a_path() {
+        let s = schemas();
+        assert_eq!(
+            s.operation("PUT", "/api/config/smtp/12"),
+            Some("smtp_update")
+        );
+        assert_eq!(s.operation("POST", "/api/config/smtp"), Some("smtp_create"));
+        assert_eq!(
+            s.operation("POST", "/api/config/recipients/batch"),
+            Some("recipient_batch_create")
+        );
+        assert_eq!(s.operation("GET", "/api/config/smtp"), None, "no body");
     }
 
     #[test]

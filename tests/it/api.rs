@@ -190,7 +190,7 @@ pub async fn error_body(
 }
 
 /// A raw request: method, path, body; returns status, content type and JSON body.
-async fn raw(
+pub async fn raw(
     app: &audit_alert::app::App,
     method: &str,
     path: &str,

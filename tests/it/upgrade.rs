@@ -5,6 +5,42 @@ use audit_alert::monitor::tables::{self, WatchRequest};
 
 use crate::helpers::*;
 
+/// Runs the binary against `db`; returns its exit code, its log (stdout) and
+/// its stderr.
+fn run_binary(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_audit-alert"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("LOG_LEVEL", "info")
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", "0")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<T> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The old system's own database (tests/fixtures/legacy_schema.sql, built
+/// from its init.sql) upgrades with `audit-alert migrate`, keeps its
+/// configuration, never mails what the old system mailed, mails what it never
+/// reached, and keeps alerting on the verdict the old code alerted on.
 #[tokio::test]
 async fn a_database_of_the_old_system_upgrades_in_place_and_resends_nothing() {
     let db = TestDb::new().await;
@@ -13,71 +49,211 @@ async fn a_database_of_the_old_system_upgrades_in_place_and_resends_nothing() {
         .batch_execute(include_str!("../fixtures/legacy_schema.sql"))
         .await
         .unwrap();
-    db.migrate().await;
 
-    // Configuration carried over.
-    let interval: String = client
-        .query_one(
-            "SELECT config_value FROM system_config WHERE config_key = 'check_interval'",
+    let (code, log, stderr) = run_binary(&db, &["migrate"], &[("LOG_FORMAT", "json")]);
+    assert_eq!(code, Some(0), "{log}{stderr}");
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("不合规")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(
+        said[0].contains("audit_results now alerts on 不合格, 不确定, 不合规 (3 rows hold 不合规)")
+            && said[0].contains(
+                "image_audit_results now alerts on 不合格, 不确定, 不合规 (2 rows hold 不合规)"
+            ),
+        "{log}"
+    );
+
+    // SMTP configurations: name, server, port, login and sender, the clear
+    // password kept until a key encrypts it; the newest active one is active.
+    let smtp: Vec<(String, String, i32, String, Option<String>, Option<String>, bool)> = client
+        .query(
+            "SELECT name, smtp_server, smtp_port, sender_email, username, sender_password, is_active
+               FROM smtp_config ORDER BY id",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(interval, "10");
-    let recipients: Vec<String> = client
-        .query("SELECT email FROM recipients_config ORDER BY id", &[])
-        .await
-        .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
         .collect();
+    let config = |name: &str, server: &str, port, login: &str, password: &str, active| {
+        let (name, server, login) = (name.to_owned(), server.to_owned(), login.to_owned());
+        (
+            name,
+            server,
+            port,
+            login.clone(),
+            Some(login),
+            Some(password.to_owned()),
+            active,
+        )
+    };
     assert_eq!(
-        recipients,
-        ["oncall@example.com", "image-team@example.com"],
-        "duplicates folded"
+        smtp,
+        [
+            config(
+                "旧邮箱",
+                "smtp.old.example.com",
+                25,
+                "old@example.com",
+                "old-secret",
+                false
+            ),
+            config(
+                "公司邮箱",
+                "smtp.163.com",
+                587,
+                "your_email@163.com",
+                "your_password",
+                true
+            ),
+            config(
+                "备用",
+                "smtp.backup.example.com",
+                465,
+                "backup@example.com",
+                "backup-secret",
+                false
+            ),
+        ]
     );
-    let statuses: Vec<(String, String, String)> = client
-        .query("SELECT table_name, record_id, status FROM email_sent_log ORDER BY table_name, record_id", &[])
+    // Recipients, switches and interval.
+    let recipients: Vec<(String, String, bool)> = client
+        .query(
+            "SELECT table_name, email, is_active FROM recipients_config ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let expect = |t: &str, id: &str, s: &str| (t.to_owned(), id.to_owned(), s.to_owned());
+    let r = |t: &str, e: &str, a| (t.to_owned(), e.to_owned(), a);
     assert_eq!(
-        statuses,
+        recipients,
         [
-            expect("audit_results", "1", "sent"),
-            expect("audit_results", "2", "sent"),
-            expect("audit_results", "3", "pending"),
-            expect("image_audit_results", "1", "sent"),
+            r("audit_results", "oncall@example.com", true),
+            r("audit_results", "lead@example.com", true),
+            r("image_audit_results", "image-team@example.com", true),
+            r("audit_results", "left@example.com", false),
         ]
     );
+    let settings: Vec<String> = column(
+        &client,
+        "SELECT config_key || '=' || config_value FROM system_config
+          WHERE config_key IN ('check_interval', 'monitor_enabled', 'email_enabled') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        settings,
+        [
+            "check_interval=7",
+            "email_enabled=true",
+            "monitor_enabled=true"
+        ]
+    );
+    // The sent log: once per record, sent; what the old system never reached, pending.
+    let alerts: Vec<String> = column(
+        &client,
+        "SELECT table_name || ' ' || record_id || ' ' || verdict || ' ' || status
+           FROM email_sent_log ORDER BY table_name, record_id::int, verdict",
+    )
+    .await;
+    assert_eq!(
+        alerts,
+        [
+            "audit_results 1 不合规 sent",
+            "audit_results 2 不合规 sent",
+            "audit_results 4 不合格 baseline",
+            "audit_results 5 不确定 baseline",
+            "audit_results 6 不合规 pending",
+            "audit_results 7 不合格 pending",
+            "image_audit_results 1 不合规 sent",
+            "image_audit_results 2 不合规 pending",
+        ]
+    );
+    let delivered: Vec<Vec<String>> = column(
+        &client,
+        "SELECT delivered_to FROM email_sent_log WHERE table_name = 'audit_results' AND record_id = '1'",
+    )
+    .await;
+    assert_eq!(delivered, [["oncall@example.com", "lead@example.com"]]);
 
-    // Point the carried-over SMTP config at the test server and run.
+    // Without a key, the clear passwords would stay in clear: serve refuses.
+    let (code, _, stderr) = run_binary(&db, &["serve"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr.trim();
+    assert!(
+        line.lines().count() == 1 && line.contains("SECRET_KEY") && line.contains("in clear"),
+        "{stderr}"
+    );
+
+    // Point the active configuration at the test server and run.
     let smtp = SmtpServer::start();
     client
-        .execute("UPDATE smtp_config SET smtp_server = '127.0.0.1', smtp_port = $1, security = 'none', sender_password = NULL", &[&i32::from(smtp.port)])
+        .execute(
+            "UPDATE smtp_config SET smtp_server = '127.0.0.1', smtp_port = $1, security = 'none',
+                    sender_password = NULL WHERE name = '公司邮箱'",
+            &[&i32::from(smtp.port)],
+        )
         .await
         .unwrap();
-    let app = db.start().await;
-    let mails = smtp.wait_for_count(1).await;
-    assert_eq!(mails[0].record_ids(), ["3"]);
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let app = audit_alert::app::App::start(&db.config_with(&[("SECRET_KEY", key)]))
+        .await
+        .unwrap();
+    // Each mail goes to one recipient: what reached whom, once each.
+    let reached = |mails: &[Received]| {
+        let mut pairs: Vec<String> = mails
+            .iter()
+            .flat_map(|m| {
+                m.record_ids()
+                    .into_iter()
+                    .flat_map(|id| m.envelope_to.iter().map(move |to| format!("{to} {id}")))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    let mails = smtp
+        .wait_for("5 deliveries", |m| reached(m).len() >= 5)
+        .await;
+    assert_eq!(
+        reached(&mails),
+        [
+            "image-team@example.com 2",
+            "lead@example.com 6",
+            "lead@example.com 7",
+            "oncall@example.com 6",
+            "oncall@example.com 7",
+        ]
+    );
+    assert!(mails.iter().all(|m| m.from.contains("your_email@163.com")));
     assert_eq!(app.worker().sweep_once().await.unwrap().found, 0);
     assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
 
-    // New rows flow as usual, and a verdict change of an old record alerts.
+    // New rows flow as usual: 不合规 alerts, a passing verdict does not.
+    wait_until_listening(&app).await;
     client
         .execute(
-            "UPDATE audit_results SET verdict = '不合格' WHERE id = 2",
+            "INSERT INTO audit_results (verdict, url) VALUES ('合规', 'https://example.com/8'),
+                    ('不合规', 'https://example.com/9')",
             &[],
         )
         .await
         .unwrap();
-    let mails = smtp.wait_for_count(2).await;
-    assert_eq!(mails[1].record_ids(), ["2"]);
-    assert_eq!(smtp.received().len(), 2);
+    let mails = smtp
+        .wait_for("7 deliveries", |m| reached(m).len() >= 7)
+        .await;
+    assert_eq!(app.worker().sweep_once().await.unwrap().found, 0);
+    assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
+    assert_eq!(reached(&smtp.received()), reached(&mails));
+    assert_eq!(
+        reached(&mails)
+            .iter()
+            .filter(|p| p.ends_with(" 9"))
+            .collect::<Vec<_>>(),
+        ["lead@example.com 9", "oncall@example.com 9"]
+    );
     app.stop().await;
 }
 
@@ -276,34 +452,49 @@ async fn passwords_the_old_system_stored_in_clear_are_encrypted_once_a_key_is_se
         .batch_execute(include_str!("../fixtures/legacy_schema.sql"))
         .await
         .unwrap();
+    // No alert is due to be mailed through the old servers while this runs.
+    client
+        .batch_execute(
+            "UPDATE system_config SET config_value = 'false' WHERE config_key = 'monitor_enabled'",
+        )
+        .await
+        .unwrap();
     let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     let app = audit_alert::app::App::start(&db.config_with(&[("SECRET_KEY", key)]))
         .await
         .unwrap();
-    let row = client
-        .query_one(
-            "SELECT sender_password, password_encrypted FROM smtp_config",
+    let rows = client
+        .query(
+            "SELECT name, sender_password, password_encrypted FROM smtp_config ORDER BY id",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, Option<String>>(0), None, "no clear text left");
-    let stored: String = row.get(1);
     let secrets =
         audit_alert::crypto::SecretBox::from_key(&audit_alert::config::Secret::new(key)).unwrap();
-    assert_eq!(secrets.decrypt(&stored).unwrap().expose(), "legacy-secret");
+    let decrypted: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            assert_eq!(row.get::<_, Option<String>>(1), None, "no clear text left");
+            let stored: String = row.get(2);
+            (
+                row.get(0),
+                secrets.decrypt(&stored).unwrap().expose().to_owned(),
+            )
+        })
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
     assert_eq!(
-        app.worker()
-            .snapshot()
-            .smtp
-            .as_ref()
-            .unwrap()
-            .password
-            .as_ref()
-            .unwrap()
-            .expose(),
-        "legacy-secret"
+        decrypted,
+        [
+            pair("旧邮箱", "old-secret"),
+            pair("公司邮箱", "your_password"),
+            pair("备用", "backup-secret")
+        ]
     );
+    let active = app.worker().snapshot().smtp.clone().unwrap();
+    assert_eq!(active.host, "smtp.163.com");
+    assert_eq!(active.password.as_ref().unwrap().expose(), "your_password");
     app.stop().await;
 }
 
