@@ -78,52 +78,56 @@ fn schemas() -> &'static Schemas {
 }
 
 /// Refuses a JSON body that does not fit its operation's schema, naming the
-/// field; rewrites a body parse error the same way.
+/// field; rewrites a body parse error the same way. The token is checked
+/// first: a body found wrong here is swapped for one the operation cannot
+/// parse, so the operation still says 401 or 403 before it says 400.
 pub async fn name_body_fields<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
     let body = req.take_body().into_bytes().await?;
     let s = schemas();
-    let operation = (!body.is_empty())
+    let misfit = (!body.is_empty())
         .then(|| s.operation(req.method().as_str(), req.uri().path()))
-        .flatten();
-    if let Some(operation) = operation {
-        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
-            let schema = &s.bodies[operation];
-            if let Some((field, reason)) = first_misfit(&s.components, schema, &value, "") {
-                let mut named: poem::Error =
-                    ApiError::invalid(&field, format!("{field}: {reason}")).into();
-                named.set_data(OperationId(operation));
-                return Err(named);
-            }
-        }
-    }
-    req.set_body(body.clone());
+        .flatten()
+        .and_then(|operation| {
+            let value = serde_json::from_slice::<Value>(&body).ok()?;
+            first_misfit(&s.components, &s.bodies[operation], &value, "")
+        });
+    req.set_body(match misfit {
+        Some(_) => poem::Body::from_string("!".to_owned()),
+        None => body.clone().into(),
+    });
     match next.call(req).await {
         Ok(response) => Ok(response.into_response()),
-        Err(e) => Err(explain(e, &body)),
+        Err(e) => match misfit {
+            Some(misfit) if is_payload_error(&e) => Err(named(&e, misfit)),
+            _ => Err(explain(e, &body)),
+        },
     }
 }
 
+fn is_payload_error(e: &poem::Error) -> bool {
+    e.to_string().starts_with("parse request payload error")
+}
+
+/// A 400 problem naming the field, carrying the operation of `e` along.
+fn named(e: &poem::Error, (field, reason): (String, String)) -> poem::Error {
+    let mut named: poem::Error = ApiError::invalid(&field, format!("{field}: {reason}")).into();
+    if let Some(operation) = e.data::<OperationId>() {
+        named.set_data(*operation);
+    }
+    named
+}
+
 fn explain(e: poem::Error, body: &[u8]) -> poem::Error {
-    if !e.to_string().starts_with("parse request payload error") {
+    if !is_payload_error(&e) {
         return e;
     }
-    let Some(operation) = e.data::<OperationId>().copied() else {
-        return e;
-    };
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return e;
-    };
     let s = schemas();
-    let Some(schema) = s.bodies.get(operation.0) else {
-        return e;
-    };
-    match first_misfit(&s.components, schema, &value, "") {
-        Some((field, reason)) => {
-            let mut named: poem::Error =
-                ApiError::invalid(&field, format!("{field}: {reason}")).into();
-            named.set_data(operation);
-            named
-        }
+    let misfit = e.data::<OperationId>().and_then(|operation| {
+        let value = serde_json::from_slice::<Value>(body).ok()?;
+        first_misfit(&s.components, s.bodies.get(operation.0)?, &value, "")
+    });
+    match misfit {
+        Some(misfit) => named(&e, misfit),
         None => e,
     }
 }
