@@ -51,12 +51,7 @@ impl App {
     /// Prepares the database (creating and migrating it as needed), then
     /// starts the worker and the HTTP server.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let secrets = config
-            .secret_key
-            .as_ref()
-            .map(SecretBox::from_key)
-            .transpose()
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let secrets = config.secrets.clone();
         let (pool, db_config) = prepare_database(config).await?;
         match &secrets {
             Some(secrets) => encrypt_legacy_passwords(&pool, secrets).await?,

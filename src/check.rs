@@ -4,7 +4,6 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::crypto::SecretBox;
 use crate::db;
 use crate::mail::Mailer;
 use crate::monitor::control::Snapshot;
@@ -67,12 +66,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
         return Ok(findings);
     }
     let pool = db::pool(&config.database, 2)?;
-    let secrets = config
-        .secret_key
-        .as_ref()
-        .map(SecretBox::from_key)
-        .transpose()?;
-    let snapshot = Snapshot::load(&pool, secrets.as_ref())
+    let snapshot = Snapshot::load(&pool, config.secrets.as_ref())
         .await
         .context("Failed to read the configuration")?;
 
@@ -123,11 +117,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
         });
     }
 
-    match &snapshot.smtp {
-        None => findings.push(Finding::Fail(
-            "no usable active SMTP configuration; alerts wait as pending (POST /api/config/smtp)"
-                .into(),
-        )),
+    match snapshot.smtp.settings() {
+        None => findings.push(Finding::Fail(format!(
+            "{}; alerts wait as pending (POST /api/config/smtp)",
+            snapshot.smtp.problem().unwrap_or_default()
+        ))),
         Some(settings) => {
             let target = format!("{}:{}", settings.host, settings.port);
             let result = match Mailer::new(settings.clone(), 1) {

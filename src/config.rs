@@ -1,30 +1,12 @@
 //! Typed configuration read from the environment (and a `.env` file), validated
 //! once at start. A bad value becomes a [`ConfigError`] naming the variable.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// A value that must never be printed: `Debug` shows only that it is set.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(********)")
-    }
-}
+pub use crate::crypto::Secret;
+use crate::crypto::SecretBox;
 
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
@@ -42,7 +24,8 @@ pub struct Config {
     /// `LOG_FORMAT=json` writes one JSON object per line, for collectors.
     pub log_json: bool,
     pub admin_token: Option<Secret>,
-    pub secret_key: Option<Secret>,
+    /// The cipher of `SECRET_KEY`, parsed once here; SMTP passwords at rest.
+    pub secrets: Option<SecretBox>,
     /// Origins browsers may call the API from (`CORS_ALLOWED_ORIGINS`,
     /// comma-separated); none by default.
     pub cors_origins: Vec<String>,
@@ -182,9 +165,9 @@ impl Config {
                 })
                 .unwrap_or_default(),
             admin_token: get("ADMIN_TOKEN").map(Secret::new),
-            secret_key: match get("SECRET_KEY").map(Secret::new) {
-                Some(key) => match crate::crypto::SecretBox::from_key(&key) {
-                    Ok(_) => Some(key),
+            secrets: match get("SECRET_KEY").map(Secret::new) {
+                Some(key) => match SecretBox::from_key(&key) {
+                    Ok(secrets) => Some(secrets),
                     Err(e) => {
                         return Err(ConfigError::new(
                             "SECRET_KEY",

@@ -298,13 +298,14 @@ impl AuthApi {
         _auth: AdminAuth,
         id: Path<i64>,
     ) -> ApiResult<Json<Deleted>> {
+        let held = state.worker.hold_reloads().await;
         if !auth::revoke(&state.pool, id.0).await? {
             return Err(ApiError::not_found(format!(
                 "token {} does not exist or is already revoked",
                 id.0
             )));
         }
-        state.worker.reload().await?;
+        state.worker.reload_holding(held).await?;
         Ok(Json(Deleted::rows(1)))
     }
 }

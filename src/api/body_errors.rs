@@ -33,7 +33,7 @@ impl Schemas {
                     && pattern
                         .iter()
                         .zip(&segments)
-                        .all(|(p, s)| p.as_deref().is_none_or(|p| p == *s))
+                        .all(|(p, s)| p.as_deref().map_or(true, |p| p == *s))
             })
             .map(|(_, _, id)| *id)
     }

@@ -108,7 +108,12 @@ pub struct MonitorStatus {
     pub process: ProcessInfo,
     /// `healthy`, `stopped` (paused), or `degraded` (no SMTP server, listener down).
     pub overall_status: String,
+    /// Whether an active SMTP configuration can send.
     pub smtp_configured: bool,
+    /// Why no mail can go out, when none can: no active configuration, or
+    /// "SMTP configured but unusable: …" and why.
+    #[oai(skip_serializing_if_is_none)]
+    pub smtp_problem: Option<String>,
     /// Active recipients per watched table.
     pub recipients_count: BTreeMap<String, i64>,
     pub listener: ListenerInfo,
@@ -124,8 +129,9 @@ pub struct MonitorLogs {
 }
 
 async fn set_monitor(state: &AppState, enabled: bool) -> ApiResult<MonitorStatus> {
+    let held = state.worker.hold_reloads().await;
     system::store(state, "monitor_enabled", &enabled.to_string()).await?;
-    state.worker.reload().await?;
+    state.worker.reload_holding(held).await?;
     status(state).await
 }
 
@@ -140,7 +146,8 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
     let (sent, retried, failed) = status.counters();
     let running = switches.monitor_enabled;
     let listener = status.listener_connected();
-    let overall = match (running, snapshot.smtp.is_some() && listener) {
+    let smtp_usable = snapshot.smtp.settings().is_some();
+    let overall = match (running, smtp_usable && listener) {
         (false, _) => "stopped",
         (true, true) => "healthy",
         (true, false) => "degraded",
@@ -158,7 +165,8 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
             start_time: status.started_at(),
         },
         overall_status: overall.into(),
-        smtp_configured: snapshot.smtp.is_some(),
+        smtp_configured: smtp_usable,
+        smtp_problem: snapshot.smtp.problem(),
         recipients_count: snapshot
             .tables
             .iter()
@@ -308,8 +316,9 @@ impl MonitorApi {
         _auth: OperatorAuth,
         #[oai(validator(minimum(value = "1"), maximum(value = "60")))] minutes: Path<u32>,
     ) -> ApiResult<Json<MonitorStatus>> {
+        let held = state.worker.hold_reloads().await;
         system::store(&state, "check_interval", &minutes.0.to_string()).await?;
-        state.worker.reload().await?;
+        state.worker.reload_holding(held).await?;
         status(&state).await.map(Json)
     }
 

@@ -143,9 +143,11 @@ impl SystemApi {
         key: Path<String>,
         body: Json<SettingValue>,
     ) -> ApiResult<Json<SystemSetting>> {
+        let held = state.worker.hold_reloads().await;
         let stored = store(&state, &key.0, &body.value).await?;
-        // This copy applies it before answering; the others within moments.
-        state.worker.reload().await?;
+        // This copy applies it before answering (and its own notification
+        // finds it applied); the others within moments.
+        state.worker.reload_holding(held).await?;
         Ok(Json(stored))
     }
 }

@@ -96,6 +96,7 @@ async fn watch(state: &AppState, table_name: &str, input: &WatchInput) -> ApiRes
             .unwrap_or_else(|| DEFAULT_VERDICTS.map(String::from).to_vec()),
         backfill: input.backfill.unwrap_or(false),
     };
+    let held = state.worker.hold_reloads().await;
     let watched = tables::watch(&state.pool, &request)
         .await
         .map_err(|e| match e {
@@ -107,7 +108,7 @@ async fn watch(state: &AppState, table_name: &str, input: &WatchInput) -> ApiRes
             WatchError::NoVerdicts => ApiError::invalid("alert_verdicts", e.to_string()),
             WatchError::Other(e) => e.into(),
         })?;
-    state.worker.reload().await?;
+    state.worker.reload_holding(held).await?;
     let client = state.pool.get().await?;
     let row = client
         .query_one(
@@ -253,10 +254,11 @@ impl TablesApi {
         _auth: OperatorAuth,
         table_name: Path<String>,
     ) -> ApiResult<Json<Deleted>> {
+        let held = state.worker.hold_reloads().await;
         if !tables::unwatch(&state.pool, &table_name.0).await? {
             return Err(not_found(&table_name.0));
         }
-        state.worker.reload().await?;
+        state.worker.reload_holding(held).await?;
         Ok(Json(Deleted::rows(1)))
     }
 }

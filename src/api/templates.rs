@@ -212,6 +212,8 @@ impl TemplatesApi {
     ) -> ApiResult<Json<Template>> {
         watched(&state, &table_name.0)?;
         compile(&body)?;
+        // Held before a connection is taken: the load needs one.
+        let held = state.worker.hold_reloads().await;
         let client = state.pool.get().await?;
         client
             .execute(
@@ -221,7 +223,7 @@ impl TemplatesApi {
                 &[&table_name.0, &body.subject, &body.html, &body.text],
             )
             .await?;
-        state.worker.reload().await?;
+        state.worker.reload_holding(held).await?;
         current(&state, &table_name.0).await.map(Json)
     }
 
@@ -240,6 +242,8 @@ impl TemplatesApi {
         table_name: Path<String>,
     ) -> ApiResult<Json<Deleted>> {
         watched(&state, &table_name.0)?;
+        // Held before a connection is taken: the load needs one.
+        let held = state.worker.hold_reloads().await;
         let client = state.pool.get().await?;
         let deleted = client
             .execute(
@@ -247,7 +251,7 @@ impl TemplatesApi {
                 &[&table_name.0],
             )
             .await?;
-        state.worker.reload().await?;
+        state.worker.reload_holding(held).await?;
         Ok(Json(Deleted::rows(deleted)))
     }
 

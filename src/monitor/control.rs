@@ -28,16 +28,21 @@ pub struct Switches {
 }
 
 impl Default for Switches {
+    /// Every setting at the default [`SETTINGS`] gives it.
     fn default() -> Self {
-        Self {
-            monitor_enabled: true,
-            email_enabled: true,
-            check_interval: Duration::from_secs(5 * 60),
-            digest_max_records: 200,
+        let mut s = Self {
+            monitor_enabled: false,
+            email_enabled: false,
+            check_interval: Duration::ZERO,
+            digest_max_records: 0,
             retry: RetryPolicy::default(),
-            sending_lease: Duration::from_secs(300),
-            audit_retention_days: 180,
+            sending_lease: Duration::ZERO,
+            audit_retention_days: 0,
+        };
+        for setting in SETTINGS {
+            s.set(setting.key, setting.default);
         }
+        s
     }
 }
 
@@ -48,11 +53,13 @@ pub enum SettingKind {
     Integer { min: u64, max: u64 },
 }
 
-/// A key of `system_config`.
+/// A key of `system_config`: its range, default and description, written
+/// here only (migrations seed the defaults; the API lists them from here).
 #[derive(Clone, Copy, Debug)]
 pub struct Setting {
     pub key: &'static str,
     pub kind: SettingKind,
+    pub default: &'static str,
     pub description: &'static str,
 }
 
@@ -64,43 +71,57 @@ const fn int(min: u64, max: u64) -> SettingKind {
 pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "monitor_enabled",
+        default: "true",
         kind: SettingKind::Boolean,
         description: "Deliver alerts (false pauses delivery on every copy; alerts wait)",
     },
     Setting {
         key: "email_enabled",
+        default: "true",
         kind: SettingKind::Boolean,
         description: "Send e-mail (false records new alerts as suppressed)",
     },
     Setting {
         key: "check_interval",
+        default: "5",
         kind: int(1, 60),
         description: "Minutes between fallback sweeps (1-60)",
     },
     Setting {
         key: "digest_max_records",
+        default: "200",
         kind: int(1, 10_000),
         description: "Most records one digest e-mail carries",
     },
     Setting {
         key: "retry_max_attempts",
+        default: "8",
         kind: int(1, 100),
         description: "Delivery attempts before an alert is marked failed",
     },
     Setting {
         key: "retry_base_ms",
+        default: "2000",
         kind: int(1, 3_600_000),
         description: "First retry delay in milliseconds; doubles per attempt",
     },
     Setting {
         key: "retry_max_ms",
+        default: "600000",
         kind: int(1, 86_400_000),
         description: "Longest retry delay in milliseconds",
     },
     Setting {
         key: "sending_lease_seconds",
+        default: "300",
         kind: int(1, 86_400),
         description: "Seconds after which an unfinished send is taken over by another worker",
+    },
+    Setting {
+        key: "audit_retention_days",
+        kind: int(180, 3650),
+        default: "180",
+        description: "Days the operation audit log is kept (180-3650)",
     },
 ];
 
@@ -148,21 +169,26 @@ impl Switches {
                     continue;
                 }
             };
-            let number = || value.parse::<u64>().unwrap_or_default();
-            match key {
-                "monitor_enabled" => s.monitor_enabled = value == "true",
-                "email_enabled" => s.email_enabled = value == "true",
-                "check_interval" => s.check_interval = Duration::from_secs(number() * 60),
-                "digest_max_records" => s.digest_max_records = number() as usize,
-                "retry_max_attempts" => s.retry.max_attempts = number() as u32,
-                "retry_base_ms" => s.retry.base = Duration::from_millis(number()),
-                "retry_max_ms" => s.retry.max = Duration::from_millis(number()),
-                "sending_lease_seconds" => s.sending_lease = Duration::from_secs(number()),
-                "audit_retention_days" => s.audit_retention_days = number(),
-                _ => {}
-            }
+            s.set(key, &value);
         }
         s
+    }
+
+    /// Takes a value [`validate_setting`] accepted.
+    fn set(&mut self, key: &str, value: &str) {
+        let number = || value.parse::<u64>().unwrap_or_default();
+        match key {
+            "monitor_enabled" => self.monitor_enabled = value == "true",
+            "email_enabled" => self.email_enabled = value == "true",
+            "check_interval" => self.check_interval = Duration::from_secs(number() * 60),
+            "digest_max_records" => self.digest_max_records = number() as usize,
+            "retry_max_attempts" => self.retry.max_attempts = number() as u32,
+            "retry_base_ms" => self.retry.base = Duration::from_millis(number()),
+            "retry_max_ms" => self.retry.max = Duration::from_millis(number()),
+            "sending_lease_seconds" => self.sending_lease = Duration::from_secs(number()),
+            "audit_retention_days" => self.audit_retention_days = number(),
+            _ => {}
+        }
     }
 }
 
@@ -244,11 +270,86 @@ pub struct Recipient {
     pub name: Option<String>,
 }
 
+/// The active SMTP configuration as the worker can use it: the one place that
+/// says whether mail can go out, and why not.
+#[derive(Clone, Debug, Default)]
+pub enum SmtpState {
+    /// No configuration is active.
+    #[default]
+    NotConfigured,
+    Usable(SmtpSettings),
+    /// The active configuration cannot be used (its password cannot be
+    /// decrypted, its sender is not an address…).
+    Unusable {
+        id: i32,
+        why: String,
+    },
+}
+
+impl SmtpState {
+    /// What to send with, when mail can go out.
+    pub fn settings(&self) -> Option<&SmtpSettings> {
+        match self {
+            Self::Usable(settings) => Some(settings),
+            _ => None,
+        }
+    }
+
+    /// Why no mail can go out, when none can.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::Usable(_) => None,
+            Self::NotConfigured => Some("no active SMTP configuration".into()),
+            Self::Unusable { id, why } => Some(format!(
+                "SMTP configured but unusable: configuration {id}: {why}"
+            )),
+        }
+    }
+}
+
+/// The transactions a configuration read saw: PostgreSQL's snapshot
+/// (`xmin:xmax:xip,…`) of the read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenTransactions {
+    xmin: u64,
+    xmax: u64,
+    in_progress: Vec<u64>,
+}
+
+impl SeenTransactions {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let in_progress = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
+        };
+        Some(Self {
+            xmin,
+            xmax,
+            in_progress,
+        })
+    }
+
+    /// Whether the changes of committed transaction `xid` were visible to
+    /// the read.
+    pub fn includes(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
+    }
+}
+
 /// Everything the worker reads from configuration, at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// What the read saw (none for a snapshot never read).
+    pub seen: Option<SeenTransactions>,
     pub switches: Switches,
-    pub smtp: Option<SmtpSettings>,
+    pub smtp: SmtpState,
     pub tables: Vec<WatchedTable>,
     pub recipients: HashMap<String, Vec<Recipient>>,
     /// Compiled templates of tables that replaced the built-in ones.
@@ -283,6 +384,12 @@ impl Snapshot {
             .start()
             .await
             .context("Failed to start the configuration read")?;
+        // The first statement fixes the transaction's snapshot.
+        let seen: String = tx
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .context("Failed to start the configuration read")?
+            .get(0);
         let rows = tx
             .query("SELECT config_key, config_value FROM system_config", &[])
             .await
@@ -300,11 +407,12 @@ impl Snapshot {
             )
             .await
             .context("Failed to read smtp_config")?
-            .and_then(|row| match smtp_settings(&row, secrets) {
-                Ok(settings) => Some(settings),
-                Err(e) => {
-                    tracing::error!(smtp_config = row.get::<_, i32>(0), error = %e, "cannot use the active SMTP configuration");
-                    None
+            .map_or(SmtpState::NotConfigured, |row| match smtp_settings(&row, secrets) {
+                Ok(settings) => SmtpState::Usable(settings),
+                Err(why) => {
+                    let id = row.get::<_, i32>(0);
+                    tracing::error!(smtp_config = id, error = %why, "cannot use the active SMTP configuration");
+                    SmtpState::Unusable { id, why }
                 }
             });
 
@@ -367,6 +475,7 @@ impl Snapshot {
             .await
             .context("Failed to finish the configuration read")?;
         Ok(Self {
+            seen: SeenTransactions::parse(&seen),
             switches,
             smtp,
             tables,
@@ -396,5 +505,41 @@ mod tests {
             Switches::from_pairs([("check_interval", "61")]).check_interval,
             Duration::from_secs(300)
         );
+        assert_eq!(
+            Switches::from_pairs([("audit_retention_days", "400")]).audit_retention_days,
+            400
+        );
+        assert_eq!(
+            Switches::from_pairs([("audit_retention_days", "30")]).audit_retention_days,
+            180,
+            "below the least kept"
+        );
+    }
+
+    #[test]
+    fn a_read_includes_what_committed_before_it() {
+        let seen = SeenTransactions::parse("100:105:101,103").unwrap();
+        assert!(seen.includes(99) && seen.includes(102) && seen.includes(104));
+        assert!(!seen.includes(101) && !seen.includes(103) && !seen.includes(105));
+        assert!(SeenTransactions::parse("7:7:").unwrap().includes(6));
+        assert_eq!(SeenTransactions::parse("x"), None);
+    }
+
+    #[test]
+    fn defaults_are_the_catalogue_s() {
+        let d = Switches::default();
+        assert!(d.monitor_enabled && d.email_enabled);
+        assert_eq!(d.check_interval, Duration::from_secs(300));
+        assert_eq!(d.digest_max_records, 200);
+        assert_eq!(d.retry, RetryPolicy::default());
+        assert_eq!(d.sending_lease, Duration::from_secs(300));
+        assert_eq!(d.audit_retention_days, 180);
+        for setting in SETTINGS {
+            assert!(
+                validate_setting(setting.key, setting.default).is_ok(),
+                "{}",
+                setting.key
+            );
+        }
     }
 }

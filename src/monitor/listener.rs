@@ -56,7 +56,7 @@ async fn listen(
         .connect(NoTls)
         .await
         .context("Failed to connect the listener")?;
-    let (tx, mut channels) = mpsc::unbounded_channel::<String>();
+    let (tx, mut channels) = mpsc::unbounded_channel::<(String, String)>();
     // Notifications arrive only when the connection is polled directly; this
     // task also drives the client's own requests. It ends with the connection.
     let driver = tokio::spawn(async move {
@@ -64,7 +64,10 @@ async fn listen(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.channel().to_owned()).is_err() {
+                    if tx
+                        .send((n.channel().to_owned(), n.payload().to_owned()))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -92,7 +95,7 @@ async fn listen(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             channel = channels.recv() => match channel {
-                Some(c) if c == CONTROL_CHANNEL => worker.config_changed(),
+                Some((c, payload)) if c == CONTROL_CHANNEL => worker.config_changed(&payload),
                 Some(_) => {
                     worker.status().note_notification();
                     worker.wake();

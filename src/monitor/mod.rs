@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use control::Snapshot;
+use control::{SmtpState, Snapshot};
 use status::MonitorStatus;
 use sweeper::SweepReport;
 
@@ -82,9 +82,24 @@ struct Inner {
     renderer: Renderer,
     wake: Notify,
     config_changed: Notify,
+    /// Transactions announced on the control channel and not yet looked at
+    /// (`None`: one that did not say which).
+    announced: Mutex<Vec<Option<u64>>>,
+    /// Held by whoever loads the configuration, and by an API call from
+    /// before its change until it has loaded it.
+    reloading: Arc<tokio::sync::Mutex<()>>,
+    /// Control wake-ups that needed a reload, and those whose changes the
+    /// configuration held already.
+    control_applied: AtomicU64,
+    control_skipped: AtomicU64,
     rearm_sweep: Notify,
     swept_fully: AtomicBool,
     status: MonitorStatus,
+}
+
+/// See [`Worker::hold_reloads`].
+pub struct ReloadGuard {
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Worker {
@@ -116,6 +131,10 @@ impl Worker {
             renderer: Renderer::default_templates(),
             wake: Notify::new(),
             config_changed: Notify::new(),
+            announced: Mutex::default(),
+            reloading: Arc::default(),
+            control_applied: AtomicU64::new(0),
+            control_skipped: AtomicU64::new(0),
             rearm_sweep: Notify::new(),
             swept_fully: AtomicBool::new(false),
             status: MonitorStatus::default(),
@@ -170,41 +189,78 @@ impl Worker {
         self.0.wake.notify_one();
     }
 
-    pub(crate) fn config_changed(&self) {
+    /// A configuration change was announced (`<table>:<transaction id>`).
+    pub(crate) fn config_changed(&self, payload: &str) {
+        let xid = payload
+            .rsplit_once(':')
+            .and_then(|(_, xid)| xid.parse::<u64>().ok());
+        self.0.announced.lock().expect("announced lock").push(xid);
         self.0.config_changed.notify_one();
+    }
+
+    /// Holds configuration loads back while the caller changes the
+    /// configuration; [`Worker::reload_holding`] then loads the change, and the
+    /// change's own notification finds it loaded instead of loading it again.
+    pub async fn hold_reloads(&self) -> ReloadGuard {
+        ReloadGuard {
+            _held: self.0.reloading.clone().lock_owned().await,
+        }
+    }
+
+    /// Loads the configuration, releasing what [`Worker::hold_reloads`] held.
+    pub async fn reload_holding(&self, guard: ReloadGuard) -> anyhow::Result<()> {
+        let result = self.load().await;
+        drop(guard);
+        result
+    }
+
+    /// Control notifications so far: (reloaded for, already held).
+    pub fn control_notifications(&self) -> (u64, u64) {
+        (
+            self.0.control_applied.load(Ordering::Relaxed),
+            self.0.control_skipped.load(Ordering::Relaxed),
+        )
     }
 
     /// Re-reads the configuration and rebuilds the SMTP transport if its
     /// server changed.
     pub async fn reload(&self) -> anyhow::Result<()> {
+        let _loading = self.0.reloading.lock().await;
+        self.load().await
+    }
+
+    async fn load(&self) -> anyhow::Result<()> {
         // A load that started earlier may finish later; it must not replace
         // what a later load (which saw more recent commits) stored.
         let number = self.0.loads.fetch_add(1, Ordering::SeqCst) + 1;
-        let snapshot = Arc::new(Snapshot::load(&self.0.pool, self.0.secrets.as_ref()).await?);
-        let previous = {
+        let mut snapshot = Snapshot::load(&self.0.pool, self.0.secrets.as_ref()).await?;
+        let (previous, snapshot) = {
             let mut current = self.0.snapshot.write().expect("snapshot lock");
             if current.0 > number {
                 return Ok(());
             }
             let mut mailer = self.0.mailer.lock().expect("mailer lock");
-            *mailer = match &snapshot.smtp {
+            *mailer = match snapshot.smtp.settings().cloned() {
                 None => None,
                 Some(settings) => {
-                    match Mailer::reuse_or_new(
-                        mailer.as_ref(),
-                        settings.clone(),
-                        self.0.smtp_pool_size,
-                    ) {
+                    let id = settings.id;
+                    match Mailer::reuse_or_new(mailer.as_ref(), settings, self.0.smtp_pool_size) {
                         Ok(m) => Some(m),
                         Err(e) => {
-                            tracing::error!(smtp_config = settings.id, error = %e, "unusable SMTP configuration");
+                            tracing::error!(smtp_config = id, error = %e, "unusable SMTP configuration");
+                            snapshot.smtp = SmtpState::Unusable {
+                                id,
+                                why: e.to_string(),
+                            };
                             None
                         }
                     }
                 }
             };
+            let snapshot = Arc::new(snapshot);
             tracing::debug!(generation = number, "configuration loaded");
-            std::mem::replace(&mut *current, (number, snapshot.clone())).1
+            let previous = std::mem::replace(&mut *current, (number, snapshot.clone())).1;
+            (previous, snapshot)
         };
         if previous.switches.check_interval != snapshot.switches.check_interval {
             self.0.rearm_sweep.notify_one();
@@ -440,10 +496,23 @@ impl Worker {
                 _ = shutdown.cancelled() => return,
                 _ = self.0.config_changed.notified() => {}
             }
-            match self.reload().await {
+            let loading = self.0.reloading.lock().await;
+            let announced = std::mem::take(&mut *self.0.announced.lock().expect("announced lock"));
+            let seen = self.snapshot().seen.clone();
+            let held = !announced.is_empty()
+                && announced
+                    .iter()
+                    .all(|xid| xid.zip(seen.as_ref()).is_some_and(|(x, s)| s.includes(x)));
+            if held {
+                self.0.control_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.0.control_applied.fetch_add(1, Ordering::Relaxed);
+            match self.load().await {
                 Ok(()) => self.wake(),
                 Err(e) => tracing::error!(error = format!("{e:#}"), "configuration reload failed"),
             }
+            drop(loading);
         }
     }
 }

@@ -239,7 +239,7 @@ async fn values_of_the_wrong_type_name_their_field() {
             "{method} {path} {body}: {problem}"
         );
         let detail = problem["detail"].as_str().unwrap();
-        assert!(detail.starts_with(&format!("{field}")), "{detail}");
+        assert!(detail.starts_with(&format!("{field}: ")), "{detail}");
     }
     let written: i64 = db
         .client()

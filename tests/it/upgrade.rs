@@ -64,56 +64,19 @@ async fn a_database_of_the_old_system_upgrades_in_place_and_resends_nothing() {
 
     // SMTP configurations: name, server, port, login and sender, the clear
     // password kept until a key encrypts it; the newest active one is active.
-    let smtp: Vec<(String, String, i32, String, Option<String>, Option<String>, bool)> = client
-        .query(
-            "SELECT name, smtp_server, smtp_port, sender_email, username, sender_password, is_active
-               FROM smtp_config ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
-        .collect();
-    let config = |name: &str, server: &str, port, login: &str, password: &str, active| {
-        let (name, server, login) = (name.to_owned(), server.to_owned(), login.to_owned());
-        (
-            name,
-            server,
-            port,
-            login.clone(),
-            Some(login),
-            Some(password.to_owned()),
-            active,
-        )
-    };
+    let smtp: Vec<String> = column(
+        &client,
+        "SELECT concat_ws(' ', name, smtp_server || ':' || smtp_port, sender_email,
+                          username, sender_password, is_active)
+           FROM smtp_config ORDER BY id",
+    )
+    .await;
     assert_eq!(
         smtp,
         [
-            config(
-                "旧邮箱",
-                "smtp.old.example.com",
-                25,
-                "old@example.com",
-                "old-secret",
-                false
-            ),
-            config(
-                "公司邮箱",
-                "smtp.163.com",
-                587,
-                "your_email@163.com",
-                "your_password",
-                true
-            ),
-            config(
-                "备用",
-                "smtp.backup.example.com",
-                465,
-                "backup@example.com",
-                "backup-secret",
-                false
-            ),
+            "旧邮箱 smtp.old.example.com:25 old@example.com old@example.com old-secret false",
+            "公司邮箱 smtp.163.com:587 your_email@163.com your_email@163.com your_password true",
+            "备用 smtp.backup.example.com:465 backup@example.com backup@example.com backup-secret false",
         ]
     );
     // Recipients, switches and interval.
@@ -492,7 +455,8 @@ async fn passwords_the_old_system_stored_in_clear_are_encrypted_once_a_key_is_se
             pair("备用", "backup-secret")
         ]
     );
-    let active = app.worker().snapshot().smtp.clone().unwrap();
+    let snapshot = app.worker().snapshot();
+    let active = snapshot.smtp.settings().unwrap();
     assert_eq!(active.host, "smtp.163.com");
     assert_eq!(active.password.as_ref().unwrap().expose(), "your_password");
     app.stop().await;
