@@ -6,7 +6,7 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::db;
 use crate::mail::Mailer;
-use crate::monitor::control::Snapshot;
+use crate::monitor::{AlertStatus, Snapshot};
 
 /// One finding.
 #[derive(Debug, PartialEq, Eq)]
@@ -145,9 +145,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
             "e-mail is off (email_enabled = false): new alerts are suppressed".into(),
         ));
     }
-    let counts = crate::monitor::queue::count_by_status(&client).await?;
-    let count = |status: &str| counts.get(status).copied().unwrap_or(0);
-    let (pending, failed) = (count("pending"), count("failed"));
+    let counts = crate::monitor::count_by_status(&pool).await?;
+    let count = |status| counts.get(&status).copied().unwrap_or(0);
+    let (pending, failed) = (count(AlertStatus::Pending), count(AlertStatus::Failed));
     findings.push(if failed > 0 {
         Finding::Warn(format!(
             "{failed} alert(s) failed; see GET /api/alerts?status=failed"

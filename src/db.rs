@@ -127,6 +127,42 @@ pub fn migration_count() -> usize {
     embedded::migrations::runner().get_migrations().len()
 }
 
+/// A connection from `pool`, or an error that says so.
+pub async fn client(pool: &Pool) -> anyhow::Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .context("Failed to get a database connection")
+}
+
+/// A pool whose sessions carry `settings` from the start (added to whatever
+/// options `config` has), so that a statement costs one round trip.
+pub fn pool_with_settings(
+    config: &tokio_postgres::Config,
+    settings: &[(&str, &str)],
+    size: usize,
+) -> anyhow::Result<Pool> {
+    pool(&with_settings(config, settings), size)
+}
+
+/// `config` with `settings` added to whatever options it has.
+fn with_settings(
+    config: &tokio_postgres::Config,
+    settings: &[(&str, &str)],
+) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let ours = settings
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    };
+    config.options(&options);
+    config
+}
+
 /// The pool every query but LISTEN goes through.
 pub fn pool(config: &tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
@@ -157,5 +193,26 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.source() {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn settings_join_the_options_of_the_database_url() {
+        let settings = [("enable_sort", "off"), ("jit", "off")];
+        let plain: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        let options = "-c enable_sort=off -c jit=off";
+        assert_eq!(
+            super::with_settings(&plain, &settings).get_options(),
+            Some(options)
+        );
+        let theirs: tokio_postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dmod"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            super::with_settings(&theirs, &settings).get_options(),
+            Some(format!("-c search_path=mod {options}").as_str())
+        );
     }
 }

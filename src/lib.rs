@@ -1,9 +1,15 @@
 //! audit-alert: content-moderation verdicts in PostgreSQL become e-mail alerts.
 //!
-//! - `config`: settings from the environment, validated at start.
-//! - `db`: creating and migrating the database, the connection pool.
-//! - `monitor`: the worker: listener, dispatcher, sweeper, alert outbox.
+//! - `config`: settings from the environment, validated (and `SECRET_KEY`
+//!   parsed) once at start.
+//! - `crypto`: secrets, and the encryption of SMTP passwords at rest.
+//! - `db`: creating the database, adopting the old system's tables,
+//!   migrating, the connection pools.
+//! - `monitor`: the worker: intake, outbox, delivery, listener, sweeper, the
+//!   settings catalogue and the configuration snapshot.
 //! - `mail`: SMTP transports and message templates.
+//! - `auth`: bearer tokens and roles.
+//! - `audit_log`: the operation audit log: declarations, masking, the writer.
 //! - `api`: the HTTP API and its OpenAPI document.
 //! - `app`: everything above assembled into one running service.
 //! - `check`: the operator's health check of a deployment.

@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 ///
 /// Configuration comes from the environment and a `.env` file in the working
 /// directory: DATABASE_URL (or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD),
-/// API_HOST, API_PORT, LOG_LEVEL, LOG_FILE, DB_POOL_SIZE, ADMIN_TOKEN, SECRET_KEY.
+/// DB_POOL_SIZE, SMTP_POOL_SIZE, API_HOST, API_PORT, LOG_LEVEL (or RUST_LOG),
+/// LOG_FILE, LOG_FORMAT, ADMIN_TOKEN, SECRET_KEY, CORS_ALLOWED_ORIGINS,
+/// TRUSTED_PROXIES, AUDIT_QUEUE_CAPACITY.
 #[derive(Parser)]
 #[command(name = "audit-alert", version)]
 struct Cli {

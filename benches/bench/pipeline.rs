@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use audit_alert::app::App;
-use audit_alert::monitor::{sweeper, Worker};
+use audit_alert::monitor::{self, Worker};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -350,8 +350,8 @@ async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
     }
     let setup = t.elapsed().as_secs_f64();
     let pool = audit_alert::db::pool(&db.config().database, 2).unwrap();
-    let admit = audit_alert::monitor::queue::admit_pool(&db.config().database).unwrap();
-    let snapshot = audit_alert::monitor::control::Snapshot::load(&pool, None)
+    let admit = audit_alert::monitor::intake_pool(&db.config().database).unwrap();
+    let snapshot = audit_alert::monitor::Snapshot::load(&pool, None)
         .await
         .unwrap();
     let table: Vec<_> = snapshot
@@ -362,11 +362,11 @@ async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
         .collect();
     let mut idle = Vec::new();
     for _ in 0..21 {
-        let report = sweeper::sweep(&pool, &admit, &table, false).await.unwrap();
+        let report = monitor::sweep(&pool, &admit, &table, false).await.unwrap();
         assert_eq!(report.found, 0);
         idle.push(report.duration.as_secs_f64() * 1e3);
     }
-    let full = sweeper::sweep(&pool, &admit, &table, true).await.unwrap();
+    let full = monitor::sweep(&pool, &admit, &table, true).await.unwrap();
     assert_eq!(full.found, 0);
     pool.close();
     admit.close();

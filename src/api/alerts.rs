@@ -1,6 +1,8 @@
 //! Alert history: filtered, paged listing; one alert with its delivery
 //! details; re-sending a failed or suppressed alert.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
@@ -10,8 +12,11 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
-use super::{default_page, default_page_size, list_page, ApiTags, AppState, ListQuery, Page};
+use super::{
+    default_page, default_page_size, get_by_id, list_page, ApiTags, AppState, ListQuery, Page,
+};
 use crate::audit_log::Audit;
+use crate::monitor::{self, Resend};
 
 pub struct AlertsApi;
 
@@ -33,26 +38,27 @@ pub enum AlertStatus {
 }
 
 impl AlertStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Sending => "sending",
-            Self::Sent => "sent",
-            Self::Failed => "failed",
-            Self::Suppressed => "suppressed",
-            Self::Baseline => "baseline",
+    fn of(status: monitor::AlertStatus) -> Self {
+        use monitor::AlertStatus as S;
+        match status {
+            S::Pending => Self::Pending,
+            S::Sending => Self::Sending,
+            S::Sent => Self::Sent,
+            S::Failed => Self::Failed,
+            S::Suppressed => Self::Suppressed,
+            S::Baseline => Self::Baseline,
         }
     }
 
+    fn as_str(self) -> &'static str {
+        monitor::AlertStatus::ALL
+            .into_iter()
+            .find(|s| Self::of(*s) == self)
+            .map_or("pending", monitor::AlertStatus::as_str)
+    }
+
     fn parse(s: &str) -> Self {
-        match s {
-            "sending" => Self::Sending,
-            "sent" => Self::Sent,
-            "failed" => Self::Failed,
-            "suppressed" => Self::Suppressed,
-            "baseline" => Self::Baseline,
-            _ => Self::Pending,
-        }
+        monitor::AlertStatus::parse(s).map_or(Self::Pending, Self::of)
     }
 }
 
@@ -69,12 +75,14 @@ pub struct Alert {
     /// The last error of any attempt, kept after a later attempt succeeded.
     #[oai(skip_serializing_if_is_none)]
     pub last_error: Option<String>,
+    /// Every attempt that failed, oldest first (kept across re-sends).
+    pub attempt_errors: Vec<AttemptError>,
     /// When a pending alert is due (or a sending one's lease ends).
     pub next_attempt_at: DateTime<Utc>,
     /// Recipients that have it.
     pub delivered_to: Vec<String>,
-    /// Recipients that refused it for good, with the server's answer.
-    pub failed_recipients: serde_json::Value,
+    /// Recipients that refused it for good: address → the server's answer.
+    pub failed_recipients: BTreeMap<String, String>,
     /// Message-ID of the e-mail that carried it.
     #[oai(skip_serializing_if_is_none)]
     pub message_id: Option<String>,
@@ -84,8 +92,18 @@ pub struct Alert {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What went wrong with one delivery attempt.
+#[derive(Object, serde::Deserialize)]
+pub struct AttemptError {
+    /// 1 for the first attempt (a re-send starts over).
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub error: String,
+}
+
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
-     next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at";
+     next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at,
+     attempt_errors";
 
 fn to_alert(r: &Row) -> Alert {
     Alert {
@@ -98,12 +116,20 @@ fn to_alert(r: &Row) -> Alert {
         last_error: r.get(6),
         next_attempt_at: r.get(7),
         delivered_to: r.get(8),
-        failed_recipients: r.get(9),
+        failed_recipients: serde_json::from_value(r.get(9)).unwrap_or_default(),
         message_id: r.get(10),
         created_at: r.get(11),
         sent_at: r.get(12),
         updated_at: r.get(13),
+        attempt_errors: serde_json::from_value(r.get(14)).unwrap_or_default(),
     }
+}
+
+async fn read_alert(state: &AppState, id: i64) -> ApiResult<Alert> {
+    get_by_id(state, "email_sent_log", COLUMNS, &id, to_alert, || {
+        not_found(id)
+    })
+    .await
 }
 
 fn not_found(id: i64) -> ApiError {
@@ -177,15 +203,7 @@ impl AlertsApi {
         _auth: ViewerAuth,
         id: Path<i64>,
     ) -> ApiResult<Json<Alert>> {
-        let client = state.pool.get().await?;
-        client
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM email_sent_log WHERE id = $1"),
-                &[&id.0],
-            )
-            .await?
-            .map(|r| Json(to_alert(&r)))
-            .ok_or_else(|| not_found(id.0))
+        read_alert(&state, id.0).await.map(Json)
     }
 
     /// Send a failed or suppressed alert again, to every active recipient
@@ -205,41 +223,20 @@ impl AlertsApi {
         // Re-sends usually follow a configuration fix: load it before the
         // alert can be claimed, so the send uses it.
         state.worker.reload().await?;
-        let client = state.pool.get().await?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "UPDATE email_sent_log
-                        SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                            delivered_to = '{{}}', failed_recipients = '{{}}', error_message = NULL,
-                            updated_at = now()
-                      WHERE id = $1 AND status IN ('failed', 'suppressed')
-                  RETURNING {COLUMNS}"
-                ),
-                &[&id.0],
-            )
-            .await?;
-        match row {
-            Some(r) => {
+        match monitor::resend(&state.pool, id.0).await? {
+            Resend::Queued => {
                 state.worker.wake();
-                Ok(Json(to_alert(&r)))
+                read_alert(&state, id.0).await.map(Json)
             }
-            None => {
-                let current: Option<String> = client
-                    .query_opt("SELECT status FROM email_sent_log WHERE id = $1", &[&id.0])
-                    .await?
-                    .map(|r| r.get(0));
-                match current {
-                    None => Err(not_found(id.0)),
-                    Some(s) => Err(ApiError::conflict(
-                        None,
-                        format!(
-                            "alert {} is {s}; only failed or suppressed alerts can be re-sent",
-                            id.0
-                        ),
-                    )),
-                }
-            }
+            Resend::Missing => Err(not_found(id.0)),
+            Resend::NotResendable(status) => Err(ApiError::conflict(
+                None,
+                format!(
+                    "alert {} is {}; only failed or suppressed alerts can be re-sent",
+                    id.0,
+                    status.as_str()
+                ),
+            )),
         }
     }
 }

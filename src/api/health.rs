@@ -9,6 +9,9 @@ use super::{ApiTags, AppState};
 
 pub struct HealthApi;
 
+/// `/health` is public and outside `/api/**`: nothing to audit.
+pub(super) const AUDIT: &[crate::audit_log::Audit] = &[];
+
 /// The service's health.
 #[derive(Object)]
 pub struct Health {

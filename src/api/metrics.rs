@@ -39,16 +39,15 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
 pub async fn metrics(state: Data<&AppState>) -> Response {
     let mut registry = Registry::with_prefix("audit_alert");
     let alerts = Family::<Vec<(&'static str, String)>, Gauge>::default();
-    let database_up = match state.pool.get().await {
-        Ok(client) => match crate::monitor::queue::count_by_status(&client).await {
-            Ok(counts) => {
-                for (status, n) in counts {
-                    alerts.get_or_create(&vec![("status", status)]).set(n);
-                }
-                1
+    let database_up = match crate::monitor::count_by_status(&state.pool).await {
+        Ok(counts) => {
+            for (status, n) in counts {
+                alerts
+                    .get_or_create(&vec![("status", status.as_str().to_owned())])
+                    .set(n);
             }
-            Err(_) => 0,
-        },
+            1
+        }
         Err(_) => 0,
     };
     registry.register("alerts", "Alerts by state, across every copy", alerts);

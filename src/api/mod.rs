@@ -45,22 +45,6 @@ pub struct AppState {
     pub http_requests: metrics::HttpRequests,
 }
 
-/// Every operation's audit declaration.
-pub fn audit_declarations() -> Vec<Audit> {
-    [
-        smtp::AUDIT,
-        recipients::AUDIT,
-        system::AUDIT,
-        tables::AUDIT,
-        templates::AUDIT,
-        monitor::AUDIT,
-        alerts::AUDIT,
-        auth::AUDIT,
-        audit_logs::AUDIT,
-    ]
-    .concat()
-}
-
 #[derive(Tags)]
 pub(crate) enum ApiTags {
     /// Liveness and readiness.
@@ -219,6 +203,43 @@ pub(crate) async fn table_page<T: ParseFromJSON + ToJSON>(
     list_page(state, query, page, page_size, map).await
 }
 
+/// One row of `table` by its `id`, mapped; `missing` when there is none.
+pub(crate) async fn get_by_id<T>(
+    state: &AppState,
+    table: &str,
+    columns: &str,
+    id: &(dyn tokio_postgres::types::ToSql + Sync),
+    map: impl Fn(&tokio_postgres::Row) -> T,
+    missing: impl FnOnce() -> ApiError,
+) -> ApiResult<T> {
+    let client = state.pool.get().await?;
+    client
+        .query_opt(
+            &format!("SELECT {columns} FROM {table} WHERE id = $1"),
+            &[id],
+        )
+        .await?
+        .map(|r| map(&r))
+        .ok_or_else(missing)
+}
+
+/// Deletes the row of `table` with `id`; `missing` when there is none.
+pub(crate) async fn delete_by_id(
+    state: &AppState,
+    table: &str,
+    id: &(dyn tokio_postgres::types::ToSql + Sync),
+    missing: impl FnOnce() -> ApiError,
+) -> ApiResult<Deleted> {
+    let client = state.pool.get().await?;
+    match client
+        .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[id])
+        .await?
+    {
+        0 => Err(missing()),
+        n => Ok(Deleted::rows(n)),
+    }
+}
+
 pub(crate) fn default_page() -> u32 {
     1
 }
@@ -254,7 +275,27 @@ pub(crate) fn parse_email(field: &str, value: &str) -> ApiResult<Address> {
     })
 }
 
-type Apis = (
+/// The API modules, listed once: each has its `XxxApi` and its operations'
+/// audit declarations (`AUDIT`).
+macro_rules! api_modules {
+    ($($module:ident :: $api:ident),* $(,)?) => {
+        type Apis = ($($module::$api,)*);
+
+        fn service() -> OpenApiService<Apis, ()> {
+            OpenApiService::new(($($module::$api,)*), "audit-alert", env!("CARGO_PKG_VERSION"))
+                .description(
+                    "Turns content-moderation verdicts in PostgreSQL into e-mail alerts, exactly once.",
+                )
+        }
+
+        /// Every operation's audit declaration.
+        pub fn audit_declarations() -> Vec<Audit> {
+            [$($module::AUDIT,)*].concat()
+        }
+    };
+}
+
+api_modules!(
     health::HealthApi,
     smtp::SmtpApi,
     recipients::RecipientsApi,
@@ -266,28 +307,6 @@ type Apis = (
     auth::AuthApi,
     audit_logs::AuditLogsApi,
 );
-
-fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(
-        (
-            health::HealthApi,
-            smtp::SmtpApi,
-            recipients::RecipientsApi,
-            system::SystemApi,
-            tables::TablesApi,
-            templates::TemplatesApi,
-            monitor::MonitorApi,
-            alerts::AlertsApi,
-            auth::AuthApi,
-            audit_logs::AuditLogsApi,
-        ),
-        "audit-alert",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
-        "Turns content-moderation verdicts in PostgreSQL into e-mail alerts, exactly once.",
-    )
-}
 
 /// The OpenAPI document `openapi/openapi.json` must equal.
 pub fn spec_json() -> String {

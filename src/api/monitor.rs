@@ -15,7 +15,7 @@ use super::error::ApiResult;
 use super::health::Health;
 use super::{system, ApiTags, AppState};
 use crate::audit_log::Audit;
-use crate::monitor::CONTROL_CHANNEL;
+use crate::monitor::{AlertStatus, CONTROL_CHANNEL};
 
 pub struct MonitorApi;
 
@@ -138,9 +138,8 @@ async fn set_monitor(state: &AppState, enabled: bool) -> ApiResult<MonitorStatus
 async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
     let snapshot = state.worker.snapshot();
     let switches = &snapshot.switches;
-    let client = state.pool.get().await?;
-    let counts = crate::monitor::queue::count_by_status(&client).await?;
-    let count = |s: &str| counts.get(s).copied().unwrap_or(0);
+    let counts = crate::monitor::count_by_status(&state.pool).await?;
+    let count = |s| counts.get(&s).copied().unwrap_or(0);
     let status = state.worker.status();
     let times = status.times();
     let (sent, retried, failed) = status.counters();
@@ -194,12 +193,12 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
             next_sweep: times.next_sweep,
         },
         queue: QueueInfo {
-            pending: count("pending"),
-            sending: count("sending"),
-            failed: count("failed"),
-            suppressed: count("suppressed"),
-            sent: count("sent"),
-            baseline: count("baseline"),
+            pending: count(AlertStatus::Pending),
+            sending: count(AlertStatus::Sending),
+            failed: count(AlertStatus::Failed),
+            suppressed: count(AlertStatus::Suppressed),
+            sent: count(AlertStatus::Sent),
+            baseline: count(AlertStatus::Baseline),
             sent_by_this_copy: sent,
             retried_by_this_copy: retried,
             failed_by_this_copy: failed,

@@ -13,8 +13,8 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{
-    default_page, default_page_size, list_page, parse_email, ApiTags, AppState, ConfigList,
-    Deleted, ListQuery,
+    default_page, default_page_size, delete_by_id, get_by_id, list_page, parse_email, ApiTags,
+    AppState, ConfigList, Deleted, ListQuery,
 };
 use crate::audit_log::mask::Strategy;
 use crate::audit_log::{Audit, Masked};
@@ -264,15 +264,16 @@ impl RecipientsApi {
         _auth: ViewerAuth,
         id: Path<i32>,
     ) -> ApiResult<Json<Recipient>> {
-        let client = state.pool.get().await?;
-        client
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM recipients_config WHERE id = $1"),
-                &[&id.0],
-            )
-            .await?
-            .map(|r| Json(to_recipient(&r)))
-            .ok_or_else(|| not_found(id.0))
+        get_by_id(
+            &state,
+            "recipients_config",
+            COLUMNS,
+            &id.0,
+            to_recipient,
+            || not_found(id.0),
+        )
+        .await
+        .map(Json)
     }
 
     /// Change a recipient: only the fields given
@@ -334,14 +335,9 @@ impl RecipientsApi {
         _auth: OperatorAuth,
         id: Path<i32>,
     ) -> ApiResult<Json<Deleted>> {
-        let client = state.pool.get().await?;
-        match client
-            .execute("DELETE FROM recipients_config WHERE id = $1", &[&id.0])
-            .await?
-        {
-            0 => Err(not_found(id.0)),
-            n => Ok(Json(Deleted::rows(n))),
-        }
+        delete_by_id(&state, "recipients_config", &id.0, || not_found(id.0))
+            .await
+            .map(Json)
     }
 
     /// Add several recipients at once: all of them, or none when one is invalid

@@ -14,14 +14,13 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{
-    default_page, default_page_size, parse_email, table_page, ApiTags, AppState, ConfigList,
-    Deleted,
+    default_page, default_page_size, delete_by_id, get_by_id, parse_email, table_page, ApiTags,
+    AppState, ConfigList, Deleted,
 };
 use crate::audit_log::Audit;
 use crate::crypto::KEY_HINT;
 use crate::mail::transport::{FailureKind, Security};
 use crate::mail::{Mailer, SmtpSettings};
-use crate::monitor::control::{smtp_settings, SMTP_COLUMNS};
 
 pub struct SmtpApi;
 
@@ -359,7 +358,7 @@ impl SmtpApi {
         let server = given.smtp_server.ok_or_else(|| {
             ApiError::invalid(
                 "smtp_server",
-                "smtp_server (or its old name server) is required",
+                "smtp_server: required (or its old name server)",
             )
         })?;
         let sender = given
@@ -368,7 +367,7 @@ impl SmtpApi {
             .ok_or_else(|| {
                 ApiError::invalid(
                     "sender_email",
-                    "sender_email is required, or username as an e-mail address",
+                    "sender_email: required, or username as an e-mail address",
                 )
             })?;
         let port = given.smtp_port.unwrap_or(587);
@@ -468,15 +467,11 @@ impl SmtpApi {
         _auth: ViewerAuth,
         id: Path<i32>,
     ) -> ApiResult<Json<SmtpConfig>> {
-        let client = state.pool.get().await?;
-        client
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM smtp_config WHERE id = $1"),
-                &[&id.0],
-            )
-            .await?
-            .map(|r| Json(to_config(&r)))
-            .ok_or_else(|| not_found(id.0))
+        get_by_id(&state, "smtp_config", COLUMNS, &id.0, to_config, || {
+            not_found(id.0)
+        })
+        .await
+        .map(Json)
     }
 
     /// Change an SMTP configuration: only the fields given
@@ -567,14 +562,9 @@ impl SmtpApi {
         _auth: OperatorAuth,
         id: Path<i32>,
     ) -> ApiResult<Json<Deleted>> {
-        let client = state.pool.get().await?;
-        match client
-            .execute("DELETE FROM smtp_config WHERE id = $1", &[&id.0])
-            .await?
-        {
-            0 => Err(not_found(id.0)),
-            n => Ok(Json(Deleted::rows(n))),
-        }
+        delete_by_id(&state, "smtp_config", &id.0, || not_found(id.0))
+            .await
+            .map(Json)
     }
 
     /// Make this the active SMTP configuration (the others are deactivated at once)
@@ -670,13 +660,8 @@ fn not_found(id: i32) -> ApiError {
 
 /// One configuration as the mailer needs it, password decrypted.
 async fn load_settings(state: &AppState, id: i32) -> ApiResult<SmtpSettings> {
-    let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {SMTP_COLUMNS} FROM smtp_config WHERE id = $1"),
-            &[&id],
-        )
+    crate::monitor::smtp_configuration(&state.pool, id, state.secrets.as_ref())
         .await?
-        .ok_or_else(|| not_found(id))?;
-    smtp_settings(&row, state.secrets.as_ref()).map_err(|e| ApiError::unprocessable("id", e))
+        .ok_or_else(|| not_found(id))?
+        .map_err(|e| ApiError::unprocessable("id", e))
 }

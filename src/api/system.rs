@@ -10,7 +10,7 @@ use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{ApiTags, AppState};
 use crate::audit_log::Audit;
-use crate::monitor::control::{validate_setting, SettingError, SettingKind, SETTINGS};
+use crate::monitor::{validate_setting, Setting, SettingError, SettingKind, SETTINGS};
 
 pub struct SystemApi;
 
@@ -26,8 +26,10 @@ pub enum SettingType {
 #[derive(Object)]
 pub struct SystemSetting {
     pub key: String,
-    /// The stored value, as text.
+    /// The value in effect, as text: the stored one, else the default.
     pub value: String,
+    /// The value when none is stored.
+    pub default: String,
     #[oai(rename = "type")]
     pub kind: SettingType,
     pub description: String,
@@ -84,6 +86,7 @@ fn describe(key: &str, value: String) -> SystemSetting {
         value,
         kind,
         description: setting.description.to_owned(),
+        default: setting.default.to_owned(),
         minimum,
         maximum,
     }
@@ -114,16 +117,17 @@ impl SystemApi {
         let rows = client
             .query("SELECT config_key, config_value FROM system_config", &[])
             .await?;
-        let stored = |key: &str| {
+        let in_effect = |setting: &Setting| {
             rows.iter()
-                .find(|r| r.get::<_, &str>(0) == key)
+                .find(|r| r.get::<_, &str>(0) == setting.key)
                 .map(|r| r.get::<_, String>(1))
-                .unwrap_or_default()
+                .filter(|v| validate_setting(setting.key, v).is_ok())
+                .unwrap_or_else(|| setting.default.to_owned())
         };
         Ok(Json(
             SETTINGS
                 .iter()
-                .map(|s| describe(s.key, stored(s.key)))
+                .map(|s| describe(s.key, in_effect(s)))
                 .collect(),
         ))
     }

@@ -13,7 +13,7 @@ use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::{default_page, default_page_size, table_page, ApiTags, AppState, Deleted, Page};
 use crate::audit_log::Audit;
-use crate::monitor::tables::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
+use crate::monitor::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
 
 pub struct TablesApi;
 
@@ -97,7 +97,7 @@ async fn watch(state: &AppState, table_name: &str, input: &WatchInput) -> ApiRes
         backfill: input.backfill.unwrap_or(false),
     };
     let held = state.worker.hold_reloads().await;
-    let watched = tables::watch(&state.pool, &request)
+    let watched = monitor::watch(&state.pool, &request)
         .await
         .map_err(|e| match e {
             WatchError::UnknownTable(_) => ApiError::unprocessable("table_name", e.to_string()),
@@ -255,7 +255,7 @@ impl TablesApi {
         table_name: Path<String>,
     ) -> ApiResult<Json<Deleted>> {
         let held = state.worker.hold_reloads().await;
-        if !tables::unwatch(&state.pool, &table_name.0).await? {
+        if !monitor::unwatch(&state.pool, &table_name.0).await? {
             return Err(not_found(&table_name.0));
         }
         state.worker.reload_holding(held).await?;

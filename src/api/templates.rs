@@ -14,8 +14,7 @@ use crate::audit_log::Audit;
 use crate::db::quote_ident;
 use crate::mail::render::RenderError;
 use crate::mail::{AlertRecord, Renderer};
-use crate::monitor::control::WatchedTable;
-use crate::monitor::queue;
+use crate::monitor::{self, WatchedTable};
 
 pub struct TemplatesApi;
 
@@ -118,7 +117,7 @@ async fn preview_record(
 ) -> ApiResult<AlertRecord> {
     let row: Option<Map<String, Value>> = match id {
         Some(id) => {
-            let rows = queue::fetch_rows(&state.pool, table, &[id])
+            let rows = monitor::fetch_rows(&state.pool, table, &[id])
                 .await
                 .map_err(|e| {
                     let bad_id = e.chain().any(|c| {

@@ -1,33 +1,53 @@
-//! The alert worker: listener, dispatcher and sweeper around one shared
+//! The alert worker: listener, delivery lanes and sweeper around one shared
 //! [`Worker`]. Triggers report alerts into an inbox and NOTIFY; the listener
-//! wakes the dispatcher, which takes them into the outbox, claims, sends and
+//! wakes delivery, which takes them into the outbox, claims, sends and
 //! records; the sweeper catches what no trigger reported. PostgreSQL is the
 //! only coordinator between copies.
+//!
+//! Rooms: `intake` (inbox → outbox), `outbox` (states, claim, lease,
+//! outcome, re-send), `delivery` (the lanes), `digest` (grouping, rendering,
+//! sending one digest), `settings` (the catalogue), `snapshot` (the
+//! configuration as read), `configuration` (loading it), `tables` (watched
+//! tables and their rows), `listener`, `sweeper`, `retry`, `status`.
 
-pub mod control;
-pub mod dispatcher;
-pub mod listener;
-pub mod queue;
-pub mod retry;
-pub mod status;
-pub mod sweeper;
-pub mod tables;
+mod configuration;
+mod delivery;
+mod digest;
+mod intake;
+mod listener;
+mod outbox;
+mod retry;
+mod settings;
+mod snapshot;
+mod status;
+mod sweeper;
+mod tables;
 
-use std::collections::HashMap;
+pub use configuration::ReloadGuard;
+pub use intake::{intake_pool, take_in, TAKE_IN_BATCH};
+pub use outbox::{
+    claim, complete, count_by_status, delivery_pool, next_due, resend, unclaim, AlertStatus,
+    ClaimedAlert, Outcome, Resend,
+};
+/// The outbox and intake statements, for the tests of their plans.
+pub mod statements {
+    pub use super::intake::TAKE_IN;
+    pub use super::outbox::{CLAIM, RECORD_OUTCOME};
+}
+pub use retry::RetryPolicy;
+pub use settings::{validate_setting, Setting, SettingError, SettingKind, Switches, SETTINGS};
+pub use snapshot::{smtp_configuration, Recipient, SmtpState, Snapshot, WatchedTable};
+pub use status::MonitorStatus;
+pub use sweeper::{sweep, SweepReport};
+pub use tables::{fetch_rows, unwatch, watch, WatchError, WatchRequest, Watched, DEFAULT_VERDICTS};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
-use anyhow::Context;
 use deadpool_postgres::Pool;
-use futures_util::future::join_all;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-use control::{SmtpState, Snapshot};
-use status::MonitorStatus;
-use sweeper::SweepReport;
 
 use crate::crypto::SecretBox;
 use crate::mail::{Mailer, Renderer};
@@ -44,7 +64,7 @@ pub const PARALLEL_DIGESTS: usize = 4;
 /// sent without recording it: lanes × digests × `digest_max_records`.
 pub const DELIVERY_LANES: usize = 3;
 /// Inbox rows taken in after which the end of a burst vacuums the inbox.
-const VACUUM_INBOX_AFTER: u64 = 10_000;
+pub(crate) const VACUUM_INBOX_AFTER: u64 = 10_000;
 
 /// Cheap to clone; every task holds one.
 #[derive(Clone)]
@@ -53,15 +73,15 @@ pub struct Worker(Arc<Inner>);
 struct Inner {
     pool: Pool,
     /// The outbox statements of delivery: connections of their own, with
-    /// [`queue::PLANNER_SETTINGS`], one per lane and one for the next due time.
+    /// [`outbox::PLANNER_SETTINGS`], one per lane and one for the next due time.
     delivery: Pool,
-    /// Takes reported alerts into the outbox: [`queue::admit_pool`].
-    admit: Pool,
+    /// Takes reported alerts into the outbox: [`intake::intake_pool`].
+    intake: Pool,
     /// Held by the lane taking reported alerts in (a tokio lock for its
     /// `try_lock`; it is held across the statement).
-    admitting: tokio::sync::Mutex<()>,
+    taking_in: tokio::sync::Mutex<()>,
     /// Set by each lane about to take in; cleared by the one that does.
-    admit_wanted: AtomicBool,
+    take_in_wanted: AtomicBool,
     /// Inbox rows taken in since this copy last vacuumed the inbox.
     taken_since_vacuum: AtomicU64,
     secrets: Option<SecretBox>,
@@ -97,11 +117,6 @@ struct Inner {
     status: MonitorStatus,
 }
 
-/// See [`Worker::hold_reloads`].
-pub struct ReloadGuard {
-    _held: tokio::sync::OwnedMutexGuard<()>,
-}
-
 impl Worker {
     /// Loads the configuration; nothing runs until [`Worker::spawn`].
     pub async fn new(
@@ -111,14 +126,14 @@ impl Worker {
         smtp_pool_size: u32,
         listen_for_alerts: bool,
     ) -> anyhow::Result<Self> {
-        let delivery = queue::delivery_pool(&db_config, DELIVERY_LANES + 1)?;
-        let admit = queue::admit_pool(&db_config)?;
+        let delivery = outbox::delivery_pool(&db_config, DELIVERY_LANES + 1)?;
+        let intake = intake::intake_pool(&db_config)?;
         let worker = Self(Arc::new(Inner {
             pool,
             delivery,
-            admit,
-            admitting: tokio::sync::Mutex::new(()),
-            admit_wanted: AtomicBool::new(false),
+            intake,
+            taking_in: tokio::sync::Mutex::new(()),
+            take_in_wanted: AtomicBool::new(false),
             taken_since_vacuum: AtomicU64::new(0),
             secrets,
             smtp_pool_size,
@@ -160,7 +175,7 @@ impl Worker {
     /// Closes the connections of delivery and of taking in (when the service stops).
     pub fn close(&self) {
         self.0.delivery.close();
-        self.0.admit.close();
+        self.0.intake.close();
     }
 
     pub fn status(&self) -> &MonitorStatus {
@@ -189,85 +204,6 @@ impl Worker {
         self.0.wake.notify_one();
     }
 
-    /// A configuration change was announced (`<table>:<transaction id>`).
-    pub(crate) fn config_changed(&self, payload: &str) {
-        let xid = payload
-            .rsplit_once(':')
-            .and_then(|(_, xid)| xid.parse::<u64>().ok());
-        self.0.announced.lock().expect("announced lock").push(xid);
-        self.0.config_changed.notify_one();
-    }
-
-    /// Holds configuration loads back while the caller changes the
-    /// configuration; [`Worker::reload_holding`] then loads the change, and the
-    /// change's own notification finds it loaded instead of loading it again.
-    pub async fn hold_reloads(&self) -> ReloadGuard {
-        ReloadGuard {
-            _held: self.0.reloading.clone().lock_owned().await,
-        }
-    }
-
-    /// Loads the configuration, releasing what [`Worker::hold_reloads`] held.
-    pub async fn reload_holding(&self, guard: ReloadGuard) -> anyhow::Result<()> {
-        let result = self.load().await;
-        drop(guard);
-        result
-    }
-
-    /// Control notifications so far: (reloaded for, already held).
-    pub fn control_notifications(&self) -> (u64, u64) {
-        (
-            self.0.control_applied.load(Ordering::Relaxed),
-            self.0.control_skipped.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Re-reads the configuration and rebuilds the SMTP transport if its
-    /// server changed.
-    pub async fn reload(&self) -> anyhow::Result<()> {
-        let _loading = self.0.reloading.lock().await;
-        self.load().await
-    }
-
-    async fn load(&self) -> anyhow::Result<()> {
-        // A load that started earlier may finish later; it must not replace
-        // what a later load (which saw more recent commits) stored.
-        let number = self.0.loads.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut snapshot = Snapshot::load(&self.0.pool, self.0.secrets.as_ref()).await?;
-        let (previous, snapshot) = {
-            let mut current = self.0.snapshot.write().expect("snapshot lock");
-            if current.0 > number {
-                return Ok(());
-            }
-            let mut mailer = self.0.mailer.lock().expect("mailer lock");
-            *mailer = match snapshot.smtp.settings().cloned() {
-                None => None,
-                Some(settings) => {
-                    let id = settings.id;
-                    match Mailer::reuse_or_new(mailer.as_ref(), settings, self.0.smtp_pool_size) {
-                        Ok(m) => Some(m),
-                        Err(e) => {
-                            tracing::error!(smtp_config = id, error = %e, "unusable SMTP configuration");
-                            snapshot.smtp = SmtpState::Unusable {
-                                id,
-                                why: e.to_string(),
-                            };
-                            None
-                        }
-                    }
-                }
-            };
-            let snapshot = Arc::new(snapshot);
-            tracing::debug!(generation = number, "configuration loaded");
-            let previous = std::mem::replace(&mut *current, (number, snapshot.clone())).1;
-            (previous, snapshot)
-        };
-        if previous.switches.check_interval != snapshot.switches.check_interval {
-            self.0.rearm_sweep.notify_one();
-        }
-        Ok(())
-    }
-
     /// What the listener does after every (re)connect: the configuration may
     /// have changed and notifications may have been missed.
     pub async fn catch_up(&self) {
@@ -285,192 +221,13 @@ impl Worker {
     pub async fn sweep_once(&self) -> anyhow::Result<SweepReport> {
         let full = !self.0.swept_fully.load(Ordering::Relaxed);
         let report =
-            sweeper::sweep(&self.0.pool, &self.0.admit, &self.snapshot().tables, full).await?;
+            sweeper::sweep(&self.0.pool, &self.0.intake, &self.snapshot().tables, full).await?;
         self.0.swept_fully.store(true, Ordering::Relaxed);
         self.0.status.note_sweep(&report);
         // Also what waits for lack of a wake-up (a lost NOTIFY): the sweep is
         // the fallback for delivery as well.
         self.wake();
         Ok(report)
-    }
-
-    /// Claims one batch of due alerts and delivers it; returns how many
-    /// alerts it handled (0 when paused, unconfigured or idle).
-    pub async fn deliver_once(&self) -> anyhow::Result<usize> {
-        // Taken in even while delivery is paused: an alert is recorded (and
-        // shown as pending) when it arrives, not when it can be sent.
-        self.admit_reported().await?;
-        let snapshot = self.snapshot();
-        let switches = &snapshot.switches;
-        if !switches.monitor_enabled {
-            return Ok(0);
-        }
-        let limit = (switches.digest_max_records * PARALLEL_DIGESTS) as i64;
-        if !switches.email_enabled {
-            return Ok(queue::suppress_due(&self.0.delivery, limit).await? as usize);
-        }
-        let Some(mailer) = self.0.mailer.lock().expect("mailer lock").clone() else {
-            return Ok(0);
-        };
-        let tables = snapshot.deliverable_tables();
-        if tables.is_empty() {
-            return Ok(0);
-        }
-        let pool = &self.0.delivery;
-        let started = std::time::Instant::now();
-        let claimed =
-            queue::claim(pool, &tables, limit, &self.0.id, switches.sending_lease).await?;
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        let claimed_at = started.elapsed();
-        // Switches, recipients and templates as of now, not as of before the
-        // claim: a change made before an alert arrived applies to that alert.
-        let snapshot = self.snapshot();
-        if !snapshot.switches.monitor_enabled || !snapshot.switches.email_enabled {
-            let ids: Vec<i64> = claimed.iter().map(|a| a.id).collect();
-            let suppress = snapshot.switches.monitor_enabled;
-            queue::unclaim(pool, &self.0.id, &ids, suppress).await?;
-            return Ok(if suppress { claimed.len() } else { 0 });
-        }
-        let mut rows = HashMap::new();
-        for table in &tables {
-            let ids: Vec<&str> = claimed
-                .iter()
-                .filter(|a| &a.table_name == table)
-                .map(|a| a.record_id.as_str())
-                .collect();
-            if let (false, Some(t)) = (ids.is_empty(), snapshot.table(table)) {
-                rows.insert(table.as_str(), queue::fetch_rows(pool, t, &ids).await?);
-            }
-        }
-        let fetched_at = started.elapsed();
-        let empty = HashMap::new();
-        let digests = dispatcher::group(&claimed, switches.digest_max_records);
-        let outcomes = join_all(digests.iter().map(|d| {
-            let rows = rows.get(d.table).unwrap_or(&empty);
-            let renderer = snapshot
-                .templates
-                .get(d.table)
-                .map_or(&self.0.renderer, |r| &**r);
-            dispatcher::send_digest(d, rows, &snapshot, &mailer, renderer)
-        }))
-        .await;
-        let sent_at = started.elapsed();
-        queue::complete(pool, &self.0.id, &outcomes)
-            .await
-            .context("Mail went out but its outcome was not recorded; it may be sent again")?;
-        tracing::debug!(
-            alerts = claimed.len(),
-            mails = digests.len(),
-            ?claimed_at,
-            ?fetched_at,
-            ?sent_at,
-            recorded_at = ?started.elapsed(),
-            "delivered a batch"
-        );
-        self.0.status.note_delivery(&outcomes);
-        Ok(claimed.len())
-    }
-
-    /// Takes reported alerts into the outbox, one batch, in one lane at a
-    /// time: a lane that finds another one taking in goes on to claim, and
-    /// the one taking in runs again for it, so that what was reported after
-    /// that one's statement started is taken in too. After a full batch,
-    /// another lane is woken for the next one, and this one goes on to claim.
-    async fn admit_reported(&self) -> anyhow::Result<()> {
-        self.0.admit_wanted.store(true, Ordering::SeqCst);
-        loop {
-            let Ok(_taking_in) = self.0.admitting.try_lock() else {
-                return Ok(());
-            };
-            if !self.0.admit_wanted.swap(false, Ordering::SeqCst) {
-                return Ok(());
-            }
-            let taken = match queue::admit_reported(&self.0.admit).await {
-                Ok((taken, _)) => taken,
-                Err(e) => {
-                    self.0.admit_wanted.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
-            };
-            let since = self
-                .0
-                .taken_since_vacuum
-                .fetch_add(taken, Ordering::Relaxed)
-                + taken;
-            if taken >= queue::ADMIT_BATCH as u64 {
-                self.0.admit_wanted.store(true, Ordering::SeqCst);
-                self.wake();
-                return Ok(());
-            }
-            // The end of a burst: its dead rows would slow every taking in
-            // until autovacuum comes.
-            if since >= VACUUM_INBOX_AFTER {
-                self.0.taken_since_vacuum.store(0, Ordering::Relaxed);
-                if let Err(e) = queue::vacuum_inbox(&self.0.admit).await {
-                    tracing::warn!(error = format!("{e:#}"), "inbox not vacuumed");
-                }
-            }
-        }
-    }
-
-    /// Delivers until idle, then waits for a wake-up, the next retry, or
-    /// shutdown. An in-flight batch always finishes before the loop ends.
-    async fn dispatch_loop(self, shutdown: CancellationToken) {
-        loop {
-            let mut failed = false;
-            loop {
-                let limit = self.snapshot().switches.digest_max_records * PARALLEL_DIGESTS;
-                match self.deliver_once().await {
-                    Ok(n) if n >= limit && !shutdown.is_cancelled() => {
-                        // More is waiting: bring in another lane.
-                        self.wake();
-                        continue;
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "delivery failed");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            let wait = if failed {
-                Duration::from_secs(1)
-            } else {
-                self.until_next_due().await
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.0.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// How long until a waiting alert falls due (retries, expired leases).
-    async fn until_next_due(&self) -> Duration {
-        const IDLE: Duration = Duration::from_secs(60);
-        let snapshot = self.snapshot();
-        let switches = &snapshot.switches;
-        if !switches.monitor_enabled || self.0.mailer.lock().expect("mailer lock").is_none() {
-            return IDLE;
-        }
-        match queue::next_due(&self.0.delivery, &snapshot.deliverable_tables()).await {
-            Ok(Some(at)) => (at - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .min(IDLE),
-            Ok(None) => IDLE,
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cannot look up the next due alert"
-                );
-                Duration::from_secs(1)
-            }
-        }
     }
 
     /// Sweeps every `check_interval`, re-armed at once when it changes.
@@ -486,33 +243,6 @@ impl Worker {
             if let Err(e) = self.sweep_once().await {
                 tracing::error!(error = format!("{e:#}"), "sweep failed");
             }
-        }
-    }
-
-    /// Applies configuration changes announced on the control channel.
-    async fn config_loop(self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.0.config_changed.notified() => {}
-            }
-            let loading = self.0.reloading.lock().await;
-            let announced = std::mem::take(&mut *self.0.announced.lock().expect("announced lock"));
-            let seen = self.snapshot().seen.clone();
-            let held = !announced.is_empty()
-                && announced
-                    .iter()
-                    .all(|xid| xid.zip(seen.as_ref()).is_some_and(|(x, s)| s.includes(x)));
-            if held {
-                self.0.control_skipped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            self.0.control_applied.fetch_add(1, Ordering::Relaxed);
-            match self.load().await {
-                Ok(()) => self.wake(),
-                Err(e) => tracing::error!(error = format!("{e:#}"), "configuration reload failed"),
-            }
-            drop(loading);
         }
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use super::queue::Outcome;
+use super::outbox::{AlertStatus, Outcome};
 use super::sweeper::SweepReport;
 
 /// SMTP failures counted by `kind` and `class` labels.
@@ -113,7 +113,7 @@ impl MonitorStatus {
     pub(crate) fn note_delivery(&self, outcomes: &[Outcome]) {
         let now = Utc::now();
         for o in outcomes {
-            if o.status == "sent" {
+            if o.status == AlertStatus::Sent {
                 for at in &o.created_at {
                     let seconds = (now - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
                     self.sent_latency.observe(seconds.max(0.0));
@@ -126,8 +126,8 @@ impl MonitorStatus {
                     .inc();
             }
             let counter = match o.status {
-                "sent" => &self.sent,
-                "pending" => &self.retried,
+                AlertStatus::Sent => &self.sent,
+                AlertStatus::Pending => &self.retried,
                 _ => &self.failed,
             };
             counter.fetch_add(o.ids.len() as u64, Ordering::Relaxed);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use deadpool_postgres::Pool;
 
-use super::control::WatchedTable;
-use super::queue;
+use super::intake;
+use super::snapshot::WatchedTable;
 use crate::db::quote_ident;
 
 /// Advisory lock class for sweeping a table; the second key is the table id.
@@ -40,15 +40,15 @@ pub struct SweepReport {
 /// Sweeps every table; `full` compares every flagged row, not only new ones.
 /// One table that cannot be swept does not hold back the others; the sweep
 /// fails only when no table could be swept. Reported alerts are taken in
-/// first, through `admit` ([`queue::admit_pool`]).
+/// first, through `intake` ([`intake::intake_pool`]).
 pub async fn sweep(
     pool: &Pool,
-    admit: &Pool,
+    intake: &Pool,
     tables: &[WatchedTable],
     full: bool,
 ) -> anyhow::Result<SweepReport> {
     let started = Instant::now();
-    take_in_reported(admit).await?;
+    take_in_reported(intake).await?;
     let mut report = SweepReport::default();
     let mut first_error = None;
     for table in tables {
@@ -79,11 +79,11 @@ pub async fn sweep(
 /// reported after that (or after the last statement started) and not yet
 /// taken in when the sweep reads the table is recorded by the sweep, still
 /// once, and not counted as found.
-async fn take_in_reported(admit: &Pool) -> anyhow::Result<()> {
+async fn take_in_reported(intake: &Pool) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < TAKE_IN_FOR {
-        let (taken, _) = queue::admit_reported(admit).await?;
-        if taken < queue::ADMIT_BATCH as u64 {
+        let (taken, _) = intake::take_in(intake).await?;
+        if taken < intake::TAKE_IN_BATCH as u64 {
             break;
         }
     }

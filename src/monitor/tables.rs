@@ -1,12 +1,17 @@
-//! Watching a table: validating it, installing its triggers and recording
-//! the flagged rows it already holds as `baseline` (or `pending` when a
-//! backfill is asked for) — all in one transaction.
+//! Watched tables: watching one (validating it, installing its triggers and
+//! recording the flagged rows it already holds as `baseline`, or `pending`
+//! when a backfill is asked for, all in one transaction), and reading the
+//! rows behind alerts.
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 
-use crate::db::quote_ident;
+use serde_json::{Map, Value};
+
+use super::outbox::AlertStatus;
+use super::snapshot::WatchedTable;
+use crate::db::{self, quote_ident};
 
 /// Verdicts that raise an alert unless a table says otherwise.
 pub const DEFAULT_VERDICTS: [&str; 2] = ["不合格", "不确定"];
@@ -111,7 +116,12 @@ pub async fn watch(pool: &Pool, req: &WatchRequest) -> Result<Watched, WatchErro
             &[
                 &req.table,
                 &req.verdicts,
-                &if req.backfill { "pending" } else { "baseline" },
+                &if req.backfill {
+                    AlertStatus::Pending
+                } else {
+                    AlertStatus::Baseline
+                }
+                .as_str(),
             ],
         )
         .await
@@ -185,4 +195,35 @@ pub async fn unwatch(pool: &Pool, table: &str) -> anyhow::Result<bool> {
     .context("Failed to remove the trigger")?;
     tx.commit().await.context("Failed to finish unwatching")?;
     Ok(true)
+}
+
+/// The current rows behind `record_ids`, by id (deleted rows are absent).
+pub async fn fetch_rows(
+    pool: &Pool,
+    table: &WatchedTable,
+    record_ids: &[&str],
+) -> anyhow::Result<std::collections::HashMap<String, Map<String, Value>>> {
+    // The relation comes from regclass output and the type from format_type,
+    // both already valid SQL; the column is quoted here.
+    let sql = format!(
+        "SELECT t.{col}::text, row_to_json(t) FROM {rel} t WHERE t.{col} = ANY($1::text[]::{ty}[])",
+        col = quote_ident(&table.id_column),
+        rel = table.relation,
+        ty = table.id_type,
+    );
+    let client = db::client(pool).await?;
+    let rows = client
+        .query(&sql, &[&record_ids])
+        .await
+        .with_context(|| format!("Failed to read rows of {}", table.name))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let id: String = r.get(0);
+            match r.get::<_, Value>(1) {
+                Value::Object(map) => Some((id, map)),
+                _ => None,
+            }
+        })
+        .collect())
 }

@@ -481,26 +481,21 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
 
 #[tokio::test]
 async fn monitor_stop_holds_mail_and_start_releases_it() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let api = client(&app);
-    let rows = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
+    let api = client(&t.app);
 
     let stopped = api.monitor_stop().await.unwrap().into_inner();
     assert!(!stopped.config.monitor_enabled);
     assert_eq!(stopped.process.status, "stopped");
-    let id = insert_audit_rows(&rows, 1, "不合格").await[0];
+    let id = insert_audit_rows(&t.client, 1, "不合格").await[0];
     assert_eq!(
-        app.worker().deliver_once().await.unwrap(),
+        t.app.worker().deliver_once().await.unwrap(),
         0,
         "stopped: nothing is sent"
     );
     // Recorded while stopped.
     wait_for_count_query(
-        &rows,
+        &t.client,
         &format!(
             "SELECT count(*) FROM email_sent_log WHERE record_id = '{id}' AND status = 'pending'"
         ),
@@ -514,7 +509,7 @@ async fn monitor_stop_holds_mail_and_start_releases_it() {
 
     let started = api.monitor_start().await.unwrap().into_inner();
     assert_eq!(started.overall_status, "healthy");
-    let mails = smtp.wait_for_count(1).await;
+    let mails = t.smtp.wait_for_count(1).await;
     assert_eq!(mails[0].record_ids(), [id.to_string()]);
 
     let status = api
@@ -533,22 +528,21 @@ async fn monitor_stop_holds_mail_and_start_releases_it() {
     api.monitor_logs(Some(NonZeroU32::new(10).unwrap()))
         .await
         .unwrap();
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
 async fn alert_history_filters_pages_and_resends() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "gone@example.com")]).await;
-    let app = db.start().await;
-    let api = client(&app);
-    let rows = db.client().await;
+    let t = TestApp::start(
+        SmtpServer::rejecting(&["gone@example.com"]),
+        &[("audit_results", "gone@example.com")],
+    )
+    .await;
+    let api = client(&t.app);
 
-    insert_audit_rows(&rows, 3, "不确定").await;
+    insert_audit_rows(&t.client, 3, "不确定").await;
     wait_for_count_query(
-        &rows,
+        &t.client,
         "SELECT count(*) FROM email_sent_log WHERE status = 'failed'",
         3,
     )
@@ -568,25 +562,26 @@ async fn alert_history_filters_pages_and_resends() {
         .into_inner();
     assert_eq!((page.total, page.items.len()), (3, 2));
     let failed = &page.items[0];
-    assert!(failed.failed_recipients.get("gone@example.com").is_some());
+    assert!(failed.failed_recipients.contains_key("gone@example.com"));
     assert!(failed.last_error.as_deref().unwrap().contains("550"));
 
     // Fix the recipient, re-send one: it arrives.
-    rows.execute(
-        "UPDATE recipients_config SET email = 'back@example.com'",
-        &[],
-    )
-    .await
-    .unwrap();
+    t.client
+        .execute(
+            "UPDATE recipients_config SET email = 'back@example.com'",
+            &[],
+        )
+        .await
+        .unwrap();
     let resent = api.alert_resend(failed.id).await.unwrap().into_inner();
     assert_eq!(resent.status, types::AlertStatus::Pending);
-    let mails = smtp.wait_for_count(1).await;
+    let mails = t.smtp.wait_for_count(1).await;
     assert_eq!(
         mails[0].record_ids(),
         std::slice::from_ref(&failed.record_id)
     );
     wait_for_count_query(
-        &rows,
+        &t.client,
         &format!(
             "SELECT count(*) FROM email_sent_log WHERE id = {} AND status = 'sent'",
             failed.id
@@ -598,7 +593,7 @@ async fn alert_history_filters_pages_and_resends() {
     assert_eq!(again.status().map(|s| s.as_u16()), Some(409));
     let one = api.alert_get(failed.id).await.unwrap().into_inner();
     assert_eq!(one.delivered_to, ["back@example.com"]);
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
@@ -668,13 +663,8 @@ async fn tables_are_watched_and_unwatched_through_the_api() {
 
 #[tokio::test]
 async fn templates_are_replaced_previewed_and_used() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let api = client(&app);
-    let rows = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
+    let api = client(&t.app);
 
     let built_in = api
         .template_get("audit_results")
@@ -711,8 +701,8 @@ async fn templates_are_replaced_previewed_and_used() {
         .into_inner();
     assert!(!stored.is_default);
 
-    let id = insert_audit_rows(&rows, 1, "不合格").await[0];
-    let mails = smtp.wait_for_count(1).await;
+    let id = insert_audit_rows(&t.client, 1, "不合格").await[0];
+    let mails = t.smtp.wait_for_count(1).await;
     assert_eq!(mails[0].subject, "告警 audit_results ×1");
     assert_eq!(
         mails[0].record_ids(),
@@ -752,7 +742,7 @@ async fn templates_are_replaced_previewed_and_used() {
             .into_inner()
             .is_default
     );
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
@@ -949,25 +939,19 @@ async fn the_smtp_test_names_what_went_wrong() {
 
 #[tokio::test]
 async fn metrics_are_public_and_in_prometheus_format() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
-    db.migrate().await;
-    configure(
-        &db,
-        smtp.port,
+    let t = TestApp::start(
+        SmtpServer::rejecting(&["gone@example.com"]),
         &[
             ("audit_results", "oncall@example.com"),
             ("audit_results", "gone@example.com"),
         ],
     )
     .await;
-    let app = db.start().await;
-    insert_audit_rows(&db.client().await, 2, "不合格").await;
-    let mails = smtp.wait_for_records(2).await.len();
-    client(&app).monitor_status().await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let text = loop {
-        let text = reqwest::get(format!("http://{}/metrics", app.addr()))
+    insert_audit_rows(&t.client, 2, "不合格").await;
+    let mails = t.smtp.wait_for_records(2).await.len();
+    client(&t.app).monitor_status().await.unwrap();
+    let text = eventually("metrics never showed the work", async || {
+        let text = reqwest::get(format!("http://{}/metrics", t.app.addr()))
             .await
             .unwrap()
             .text()
@@ -978,14 +962,12 @@ async fn metrics_are_public_and_in_prometheus_format() {
             && text.contains(r#"audit_alert_deliveries_total{outcome="sent"} 2"#)
             && text.contains("audit_alert_audit_entries_written_total 1")
         {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never showed the work: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     for line in [
         r#"audit_alert_deliveries_total{outcome="sent"} 2"#,
         "audit_alert_listener_connected 1",
@@ -1005,5 +987,5 @@ async fn metrics_are_public_and_in_prometheus_format() {
         !text.contains(r#"class="transient""#),
         "no transient failure happened: {text}"
     );
-    app.stop().await;
+    t.app.stop().await;
 }

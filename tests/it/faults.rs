@@ -10,23 +10,18 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_server_answering_451_is_retried_with_the_attempts_visible() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::flaky(3);
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let client = db.client().await;
-    let id = insert_audit_rows(&client, 1, "不合格").await[0];
-    let mails = smtp.wait_for_count(1).await;
+    let t = TestApp::start(SmtpServer::flaky(3), ONCALL).await;
+    let id = insert_audit_rows(&t.client, 1, "不合格").await[0];
+    let mails = t.smtp.wait_for_count(1).await;
     assert_eq!(mails[0].record_ids(), [id.to_string()]);
     wait_for_count_query(
-        &client,
+        &t.client,
         "SELECT count(*) FROM email_sent_log WHERE status = 'sent' AND attempts = 4
             AND error_message LIKE '%451%'",
         1,
     )
     .await;
-    app.stop().await;
+    t.app.stop().await;
 }
 
 /// The service as its own process.
@@ -46,20 +41,12 @@ fn spawn_service(db: &TestDb, port: u16, extra: &[(&str, &str)]) -> Child {
 }
 
 async fn wait_healthy(port: u16) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let ok = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+    eventually("service did not become healthy", async || {
+        reqwest::get(format!("http://127.0.0.1:{port}/health"))
             .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "service did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -376,6 +376,36 @@ pub async fn configure(db: &TestDb, smtp_port: u16, recipients: &[(&str, &str)])
     set_config(&client, "retry_max_ms", "400").await;
 }
 
+/// The recipients most tests configure: one address for `audit_results`.
+pub const ONCALL: &[(&str, &str)] = &[("audit_results", "oncall@example.com")];
+
+/// The service started on a fresh database that sends to `smtp`, and a
+/// connection of the test's own. Fields drop in order, the database last.
+pub struct TestApp {
+    pub client: tokio_postgres::Client,
+    pub app: App,
+    pub smtp: SmtpServer,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    /// Creates the schema, points the service at `smtp` with `recipients`
+    /// (see [`configure`]) and starts it.
+    pub async fn start(smtp: SmtpServer, recipients: &[(&str, &str)]) -> Self {
+        let db = TestDb::new().await;
+        db.migrate().await;
+        configure(&db, smtp.port, recipients).await;
+        let app = db.start().await;
+        let client = db.client().await;
+        Self {
+            client,
+            app,
+            smtp,
+            db,
+        }
+    }
+}
+
 pub async fn set_config(client: &tokio_postgres::Client, key: &str, value: &str) {
     let n = client
         .execute(
@@ -424,33 +454,73 @@ pub async fn insert_audit_rows_bypassing_triggers(
 
 /// Polls the outbox until `sql` (a count query) returns `expected`, or fails.
 pub async fn wait_for_count_query(client: &tokio_postgres::Client, sql: &str, expected: i64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually(&format!("`{sql}`"), async || {
         let n: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
         if n == expected {
-            return;
+            Ok(())
+        } else {
+            Err(format!("is {n}, want {expected}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out: `{sql}` is {n}, want {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until the listener of `app` is connected and its catch-up sweep done.
 pub async fn wait_until_listening(app: &App) {
+    eventually("the listener never connected", async || {
+        let status = app.worker().status();
+        status.listener_connected() && status.times().last_sweep.is_some()
+    })
+    .await
+}
+
+/// What one poll of [`eventually`] found: `true`, `Some(value)` or
+/// `Ok(value)` once the condition holds; an `Err` says what was seen instead.
+pub trait Polled {
+    type Value;
+    fn into_result(self) -> Result<Self::Value, String>;
+}
+
+impl Polled for bool {
+    type Value = ();
+    fn into_result(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    }
+}
+
+impl<T> Polled for Option<T> {
+    type Value = T;
+    fn into_result(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Display> Polled for Result<T, E> {
+    type Value = T;
+    fn into_result(self) -> Result<T, String> {
+        self.map_err(|seen| seen.to_string())
+    }
+}
+
+/// Polls `f` until its condition holds and returns what it yields then, or
+/// fails the test after [`DEADLINE`] naming `what` and what the last poll saw.
+pub async fn eventually<P: Polled>(what: &str, mut f: impl AsyncFnMut() -> P) -> P::Value {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let status = app.worker().status();
-        if status.listener_connected() && status.times().last_sweep.is_some() {
-            return;
-        }
+        let seen = match f().await.into_result() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the listener never connected"
+            "timed out: {what}{}{seen}",
+            if seen.is_empty() { "" } else { ": " }
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

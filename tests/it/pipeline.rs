@@ -8,14 +8,10 @@ const PASS: &str = "合格";
 
 #[tokio::test]
 async fn a_flagged_row_arrives_as_one_mail_carrying_its_fields() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let client = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
 
-    let id: i64 = client
+    let id: i64 = t
+        .client
         .query_one(
             "INSERT INTO audit_results (verdict, url, reason)
              VALUES ($1, 'https://example.com/p/42', '色情低俗') RETURNING id",
@@ -25,7 +21,7 @@ async fn a_flagged_row_arrives_as_one_mail_carrying_its_fields() {
         .unwrap()
         .get(0);
 
-    let mails = smtp.wait_for_count(1).await;
+    let mails = t.smtp.wait_for_count(1).await;
     let mail = &mails[0];
     assert_eq!(mail.envelope_to, ["oncall@example.com"]);
     assert_eq!(
@@ -45,7 +41,7 @@ async fn a_flagged_row_arrives_as_one_mail_carrying_its_fields() {
     assert!(mail.html.contains("#d93025"), "不合格 is red");
 
     wait_for_count_query(
-        &client,
+        &t.client,
         &format!(
             "SELECT count(*) FROM email_sent_log WHERE table_name = 'audit_results'
                 AND record_id = '{id}' AND status = 'sent' AND message_id = '<{}>'",
@@ -54,29 +50,25 @@ async fn a_flagged_row_arrives_as_one_mail_carrying_its_fields() {
         1,
     )
     .await;
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_passing_row_sends_nothing() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let client = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
 
-    let passing = insert_audit_rows(&client, 3, PASS).await;
+    let passing = insert_audit_rows(&t.client, 3, PASS).await;
     // A flagged row written after them: once its mail is in, the passing rows
     // had every chance to produce one.
-    let flagged = insert_audit_rows(&client, 1, UNSURE).await;
-    let mails = smtp.wait_for_count(1).await;
-    app.worker().deliver_once().await.unwrap();
+    let flagged = insert_audit_rows(&t.client, 1, UNSURE).await;
+    let mails = t.smtp.wait_for_count(1).await;
+    t.app.worker().deliver_once().await.unwrap();
 
-    assert_eq!(smtp.received().len(), 1);
+    assert_eq!(t.smtp.received().len(), 1);
     assert_eq!(mails[0].record_ids(), [flagged[0].to_string()]);
     assert!(mails[0].html.contains("#f29900"), "不确定 is orange");
-    let alerts: i64 = client
+    let alerts: i64 = t
+        .client
         .query_one(
             "SELECT count(*) FROM email_sent_log WHERE record_id = ANY($1)",
             &[&passing.iter().map(i64::to_string).collect::<Vec<_>>()],
@@ -85,27 +77,22 @@ async fn a_passing_row_sends_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(alerts, 0, "passing rows leave no alert record");
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
 async fn image_results_go_only_to_their_recipients() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(
-        &db,
-        smtp.port,
+    let t = TestApp::start(
+        SmtpServer::start(),
         &[
             ("audit_results", "text-team@example.com"),
             ("image_audit_results", "image-team@example.com"),
         ],
     )
     .await;
-    let app = db.start().await;
-    let client = db.client().await;
 
-    let id: i64 = client
+    let id: i64 = t
+        .client
         .query_one(
             "INSERT INTO image_audit_results (audit_result, ip_address, mac_address, reasons)
              VALUES ($1, '10.1.2.3', 'aa:bb:cc:dd:ee:ff', '暴力血腥') RETURNING id",
@@ -115,69 +102,59 @@ async fn image_results_go_only_to_their_recipients() {
         .unwrap()
         .get(0);
 
-    let mails = smtp.wait_for_count(1).await;
-    app.worker().deliver_once().await.unwrap();
-    assert_eq!(smtp.received().len(), 1);
+    let mails = t.smtp.wait_for_count(1).await;
+    t.app.worker().deliver_once().await.unwrap();
+    assert_eq!(t.smtp.received().len(), 1);
     assert_eq!(mails[0].envelope_to, ["image-team@example.com"]);
     assert_eq!(mails[0].record_ids(), [id.to_string()]);
     for field in ["10.1.2.3", "aa:bb:cc:dd:ee:ff", "暴力血腥"] {
         assert!(mails[0].text.contains(field), "lacks {field}");
     }
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
 async fn the_same_record_alerts_once_even_across_a_restart() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let client = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
 
-    let id = insert_audit_rows(&client, 1, FAIL).await[0];
-    smtp.wait_for_count(1).await;
+    let id = insert_audit_rows(&t.client, 1, FAIL).await[0];
+    t.smtp.wait_for_count(1).await;
     // Same verdict written again, and another column touched.
-    client
+    t.client
         .execute(
             "UPDATE audit_results SET verdict = $2, reason = 'x' WHERE id = $1",
             &[&id, &FAIL],
         )
         .await
         .unwrap();
-    app.stop().await;
+    t.app.stop().await;
 
-    let app = db.start().await;
+    let app = t.db.start().await;
     let swept = app.worker().sweep_once().await.unwrap();
     assert_eq!(swept.found, 0);
     assert_eq!(app.worker().deliver_once().await.unwrap(), 0);
-    assert_eq!(smtp.received().len(), 1);
+    assert_eq!(t.smtp.received().len(), 1);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_verdict_change_from_uncertain_to_fail_alerts_again() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let client = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
 
-    let id = insert_audit_rows(&client, 1, UNSURE).await[0];
-    smtp.wait_for_count(1).await;
-    client
+    let id = insert_audit_rows(&t.client, 1, UNSURE).await[0];
+    t.smtp.wait_for_count(1).await;
+    t.client
         .execute(
             "UPDATE audit_results SET verdict = $2 WHERE id = $1",
             &[&id, &FAIL],
         )
         .await
         .unwrap();
-    let mails = smtp.wait_for_count(2).await;
+    let mails = t.smtp.wait_for_count(2).await;
     assert!(mails[0].subject.contains(UNSURE));
     assert!(mails[1].subject.contains(FAIL));
     assert_eq!(mails[1].record_ids(), [id.to_string()]);
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
@@ -193,11 +170,11 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
     // A sweep tells the rows the trigger reported from the ones written with
     // triggers bypassed.
     let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
-    let snapshot = audit_alert::monitor::control::Snapshot::load(&pool, None)
+    let snapshot = audit_alert::monitor::Snapshot::load(&pool, None)
         .await
         .unwrap();
-    let admit = audit_alert::monitor::queue::admit_pool(&db.config().database).unwrap();
-    let report = audit_alert::monitor::sweeper::sweep(&pool, &admit, &snapshot.tables, true)
+    let admit = audit_alert::monitor::intake_pool(&db.config().database).unwrap();
+    let report = audit_alert::monitor::sweep(&pool, &admit, &snapshot.tables, true)
         .await
         .unwrap();
     assert_eq!(report.found, 2);
@@ -222,17 +199,13 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
 
 #[tokio::test]
 async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
     // Let the start-up sweep pass, so the rows below are found by a later one.
-    wait_until_listening(&app).await;
+    wait_until_listening(&t.app).await;
 
-    let client = db.client().await;
-    let ids = insert_audit_rows_bypassing_triggers(&client, 5, FAIL).await;
-    let pending: i64 = client
+    let ids = insert_audit_rows_bypassing_triggers(&t.client, 5, FAIL).await;
+    let pending: i64 = t
+        .client
         .query_one(
             "SELECT (SELECT count(*) FROM email_sent_log) + (SELECT count(*) FROM alert_inbox)",
             &[],
@@ -242,17 +215,17 @@ async fn rows_written_with_triggers_bypassed_are_mailed_by_the_sweep() {
         .get(0);
     assert_eq!(pending, 0, "no trigger fired");
 
-    let report = app.worker().sweep_once().await.unwrap();
+    let report = t.app.worker().sweep_once().await.unwrap();
     assert_eq!(report.found, 5);
-    let mails = smtp.wait_for_records(5).await;
+    let mails = t.smtp.wait_for_records(5).await;
     let counts = id_counts(&mails);
     assert!(
         ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
         "{counts:?}"
     );
     // A second sweep finds nothing new.
-    assert_eq!(app.worker().sweep_once().await.unwrap().found, 0);
-    app.stop().await;
+    assert_eq!(t.app.worker().sweep_once().await.unwrap().found, 0);
+    t.app.stop().await;
 }
 
 /// A wake-up that never arrives (here the listener does not listen for
@@ -315,33 +288,27 @@ async fn an_smtp_outage_is_retried_until_the_server_is_back() {
 
 #[tokio::test]
 async fn a_recipient_refused_for_good_does_not_hold_back_the_others() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::rejecting(&["gone@example.com"]);
-    db.migrate().await;
-    configure(
-        &db,
-        smtp.port,
+    let t = TestApp::start(
+        SmtpServer::rejecting(&["gone@example.com"]),
         &[
             ("audit_results", "gone@example.com"),
             ("audit_results", "oncall@example.com"),
         ],
     )
     .await;
-    let app = db.start().await;
-    let client = db.client().await;
 
-    insert_audit_rows(&client, 1, FAIL).await;
-    let mails = smtp.wait_for_count(1).await;
+    insert_audit_rows(&t.client, 1, FAIL).await;
+    let mails = t.smtp.wait_for_count(1).await;
     assert_eq!(mails[0].envelope_to, ["oncall@example.com"]);
     wait_for_count_query(
-        &client,
+        &t.client,
         "SELECT count(*) FROM email_sent_log WHERE status = 'sent'
             AND delivered_to = '{oncall@example.com}' AND failed_recipients ? 'gone@example.com'
             AND error_message LIKE 'gone@example.com: %550%'",
         1,
     )
     .await;
-    app.stop().await;
+    t.app.stop().await;
 }
 
 #[tokio::test]
@@ -383,27 +350,22 @@ async fn two_copies_on_one_database_send_every_record_exactly_once() {
 
 #[tokio::test]
 async fn a_burst_of_ten_thousand_rows_goes_out_as_bounded_digests() {
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
-    let app = db.start().await;
-    let client = db.client().await;
+    let t = TestApp::start(SmtpServer::start(), ONCALL).await;
 
     let mut ids = Vec::new();
     for _ in 0..10 {
-        ids.extend(insert_audit_rows(&client, 1000, FAIL).await);
+        ids.extend(insert_audit_rows(&t.client, 1000, FAIL).await);
     }
-    let mails = smtp.wait_for_records(10_000).await;
+    let mails = t.smtp.wait_for_records(10_000).await;
     wait_for_count_query(
-        &client,
+        &t.client,
         "SELECT count(*) FROM email_sent_log WHERE status <> 'sent'",
         0,
     )
     .await;
-    app.stop().await;
+    t.app.stop().await;
 
-    let counts = id_counts(&smtp.received());
+    let counts = id_counts(&t.smtp.received());
     assert_eq!(counts.len(), 10_000);
     assert!(
         counts.values().all(|n| *n == 1),
@@ -416,9 +378,9 @@ async fn a_burst_of_ten_thousand_rows_goes_out_as_bounded_digests() {
         "a digest carries at most digest_max_records"
     );
     assert!(
-        smtp.received().len() <= 200,
+        t.smtp.received().len() <= 200,
         "{} mails for 10000 records",
-        smtp.received().len()
+        t.smtp.received().len()
     );
 }
 
@@ -502,27 +464,21 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     use futures_util::SinkExt;
     use std::collections::BTreeSet;
 
-    let db = TestDb::new().await;
-    let smtp = SmtpServer::start();
-    db.migrate().await;
-    configure(
-        &db,
-        smtp.port,
+    let mut t = TestApp::start(
+        SmtpServer::start(),
         &[
             ("audit_results", "text@example.com"),
             ("image_audit_results", "image@example.com"),
         ],
     )
     .await;
-    let app = db.start().await;
-    let mut client = db.client().await;
     let mut expected = BTreeSet::new();
     let text = |id: i64| ("text@example.com".to_owned(), id.to_string());
     let image = |id: i64| ("image@example.com".to_owned(), id.to_string());
 
     // Mixed verdicts in one statement.
     let verdicts = vec![PASS, FAIL, PASS, UNSURE, FAIL];
-    for row in client
+    for row in t.client
         .query(
             "INSERT INTO audit_results (verdict, url)
              SELECT v, 'https://example.com/mixed/' || n FROM unnest($1::text[]) WITH ORDINALITY u(v, n)
@@ -538,7 +494,7 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     }
 
     // Two statements in one transaction, and one rolled back between them.
-    let tx = client.transaction().await.unwrap();
+    let tx = t.client.transaction().await.unwrap();
     let insert = "INSERT INTO audit_results (verdict, url) VALUES ($1, 'https://example.com/tx') RETURNING id";
     let first: i64 = tx.query_one(insert, &[&FAIL]).await.unwrap().get(0);
     tx.batch_execute("SAVEPOINT s").await.unwrap();
@@ -549,7 +505,7 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     expected.extend([text(first), text(second)]);
 
     // One statement, both watched tables.
-    let row = client
+    let row = t.client
         .query_one(
             "WITH a AS (INSERT INTO audit_results (verdict, url) VALUES ($1, 'https://example.com/cte') RETURNING id),
                   i AS (INSERT INTO image_audit_results (audit_result, ip_address) VALUES ($1, '10.0.0.1') RETURNING id)
@@ -561,7 +517,8 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     expected.extend([text(row.get(0)), image(row.get(1))]);
 
     // Bulk loading.
-    let sink = client
+    let sink = t
+        .client
         .copy_in("COPY audit_results (verdict, url) FROM STDIN")
         .await
         .unwrap();
@@ -573,7 +530,7 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
     .await
     .unwrap();
     sink.finish().await.unwrap();
-    for row in client
+    for row in t.client
         .query(
             "SELECT id FROM audit_results WHERE url LIKE 'https://example.com/copy/%' AND verdict <> '合格'",
             &[],
@@ -594,25 +551,27 @@ async fn every_shape_of_insert_reports_exactly_its_committed_flagged_rows() {
             })
             .collect()
     };
-    smtp.wait_for(&format!("{} records", expected.len()), |mails| {
-        received(mails).len() >= expected.len()
-    })
-    .await;
+    t.smtp
+        .wait_for(&format!("{} records", expected.len()), |mails| {
+            received(mails).len() >= expected.len()
+        })
+        .await;
     // Anything still on its way would be delivered by this call.
-    app.worker().deliver_once().await.unwrap();
-    let arrived = received(&smtp.received());
+    t.app.worker().deliver_once().await.unwrap();
+    let arrived = received(&t.smtp.received());
     assert!(
         !arrived.contains(&text(rolled_back)),
         "the row rolled back to its savepoint was mailed"
     );
     assert_eq!(arrived, expected);
-    let alerts: i64 = client
+    let alerts: i64 = t
+        .client
         .query_one("SELECT count(*) FROM email_sent_log", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(alerts, expected.len() as i64);
-    app.stop().await;
+    t.app.stop().await;
 }
 
 /// The nodes of the plan of `sql` on one of delivery's own connections, run
@@ -651,7 +610,7 @@ async fn plan_nodes(
 /// alert each time, and not walk past the due alerts of other tables.
 #[tokio::test]
 async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
-    use audit_alert::monitor::queue;
+    use audit_alert::monitor::{self as queue, statements};
     type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
 
     let db = TestDb::new().await;
@@ -676,12 +635,12 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         .map(|r| r.get(0))
         .collect();
     let delivery = queue::delivery_pool(&db.config().database, 1).unwrap();
-    let admit = queue::admit_pool(&db.config().database).unwrap();
+    let admit = queue::intake_pool(&db.config().database).unwrap();
     let mut admitted = 0;
     loop {
-        let (taken, added) = queue::admit_reported(&admit).await.unwrap();
+        let (taken, added) = queue::take_in(&admit).await.unwrap();
         admitted += added;
-        if taken < queue::ADMIT_BATCH as u64 {
+        if taken < queue::TAKE_IN_BATCH as u64 {
             break;
         }
     }
@@ -691,7 +650,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
 
     for tables in [&both, &images_only] {
         let params: [Param; 4] = [tables, &800i64, &"tester", &60.0f64];
-        let nodes = plan_nodes(&delivery, queue::CLAIM, &params).await;
+        let nodes = plan_nodes(&delivery, statements::CLAIM, &params).await;
         let text = serde_json::Value::Array(nodes.clone()).to_string();
         assert!(!text.contains("Bitmap"), "the claim collects: {text}");
         let scans: Vec<_> = nodes
@@ -726,7 +685,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         &None::<String>,
         &0i64,
     ];
-    let nodes = plan_nodes(&delivery, queue::RECORD_OUTCOME, &outcome).await;
+    let nodes = plan_nodes(&delivery, statements::RECORD_OUTCOME, &outcome).await;
     let text = serde_json::Value::Array(nodes).to_string();
     assert!(text.contains("\"email_sent_log_pkey\""), "{text}");
     assert!(
@@ -765,15 +724,15 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
 /// worker that holds the lease now (`locked_by`) may record the outcome.
 #[tokio::test]
 async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing() {
-    use audit_alert::monitor::queue::{self, Outcome};
+    use audit_alert::monitor::{self as queue, AlertStatus, Outcome};
 
     let db = TestDb::new().await;
     db.migrate().await;
     let client = db.client().await;
     insert_audit_rows(&client, 5, FAIL).await;
     let pool = queue::delivery_pool(&db.config().database, 1).unwrap();
-    let admit = queue::admit_pool(&db.config().database).unwrap();
-    assert_eq!(queue::admit_reported(&admit).await.unwrap(), (5, 5));
+    let admit = queue::intake_pool(&db.config().database).unwrap();
+    assert_eq!(queue::take_in(&admit).await.unwrap(), (5, 5));
     let tables = vec!["audit_results".to_owned()];
     let expired = std::time::Duration::ZERO;
     let first = queue::claim(&pool, &tables, 10, "first", expired)
@@ -785,7 +744,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         .unwrap();
     assert_eq!(second.len(), 5, "the expired lease is taken over");
     let ids: Vec<i64> = first.iter().map(|a| a.id).collect();
-    let outcome = |status: &'static str, to: &str| Outcome {
+    let outcome = |status: AlertStatus, to: &str| Outcome {
         ids: ids.clone(),
         status,
         delivered_to: vec![to.to_owned()],
@@ -797,7 +756,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         created_at: Vec::new(),
     };
 
-    let late = [outcome("sent", "late@example.com")];
+    let late = [outcome(AlertStatus::Sent, "late@example.com")];
     assert_eq!(queue::complete(&pool, "first", &late).await.unwrap(), 0);
     assert_eq!(
         queue::unclaim(&pool, "first", &ids, false).await.unwrap(),
@@ -817,7 +776,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         "{holders:?}"
     );
 
-    let current = [outcome("sent", "oncall@example.com")];
+    let current = [outcome(AlertStatus::Sent, "oncall@example.com")];
     assert_eq!(queue::complete(&pool, "second", &current).await.unwrap(), 5);
     let recorded: i64 = client
         .query_one(
@@ -842,7 +801,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
 /// taken in leaves the inbox. Until then it counts as pending, once.
 #[tokio::test]
 async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
-    use audit_alert::monitor::queue;
+    use audit_alert::monitor::{self as queue, statements};
 
     let db = TestDb::new().await;
     db.migrate().await;
@@ -893,20 +852,28 @@ async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
         .unwrap();
 
     // Reported and not yet taken in counts as pending, each alert once.
-    let counts = queue::count_by_status(&client).await.unwrap();
-    assert_eq!((counts["pending"], counts["sent"]), (1, 1), "{counts:?}");
+    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
+    let counts = queue::count_by_status(&pool).await.unwrap();
+    assert_eq!(
+        (
+            counts[&queue::AlertStatus::Pending],
+            counts[&queue::AlertStatus::Sent]
+        ),
+        (1, 1),
+        "{counts:?}"
+    );
 
-    let admit = queue::admit_pool(&db.config().database).unwrap();
+    let admit = queue::intake_pool(&db.config().database).unwrap();
     // Those taken are deleted by their place, not by testing every row.
-    let nodes = plan_nodes(&admit, queue::ADMIT, &[&queue::ADMIT_BATCH]).await;
+    let nodes = plan_nodes(&admit, statements::TAKE_IN, &[&queue::TAKE_IN_BATCH]).await;
     let deleted_by: Vec<_> = nodes
         .iter()
         .filter(|n| n["Alias"] == "alert_inbox_1" && n["Node Type"] != "ModifyTable")
         .map(|n| n["Node Type"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(deleted_by, ["Tid Scan"], "{nodes:?}");
-    assert_eq!(queue::admit_reported(&admit).await.unwrap(), (3, 1));
-    assert_eq!(queue::admit_reported(&admit).await.unwrap(), (0, 0));
+    assert_eq!(queue::take_in(&admit).await.unwrap(), (3, 1));
+    assert_eq!(queue::take_in(&admit).await.unwrap(), (0, 0));
     assert_eq!((inbox(twice).await, inbox(earlier).await), (0, 0));
     let alerts: Vec<(String, String)> = client
         .query(
@@ -958,7 +925,7 @@ async fn the_inbox_is_vacuumed_after_a_burst() {
 /// report is held by a lock so that taking in skips it.
 #[tokio::test]
 async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
-    use audit_alert::monitor::{control::Snapshot, queue, sweeper};
+    use audit_alert::monitor::{self as queue, Snapshot};
 
     let db = TestDb::new().await;
     db.migrate().await;
@@ -972,9 +939,9 @@ async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
         .unwrap();
 
     let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
-    let admit = queue::admit_pool(&db.config().database).unwrap();
+    let admit = queue::intake_pool(&db.config().database).unwrap();
     let snapshot = Snapshot::load(&pool, None).await.unwrap();
-    let report = sweeper::sweep(&pool, &admit, &snapshot.tables, true)
+    let report = queue::sweep(&pool, &admit, &snapshot.tables, true)
         .await
         .unwrap();
     assert_eq!(report.found, 1, "only the row no trigger reported");
@@ -991,5 +958,5 @@ async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
     assert_eq!(recorded, [reported.to_string(), bypassed.to_string()]);
 
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(queue::admit_reported(&admit).await.unwrap(), (1, 0));
+    assert_eq!(queue::take_in(&admit).await.unwrap(), (1, 0));
 }

@@ -1,22 +1,8 @@
 //! Settings and the configuration a copy holds: every documented setting can
 //! be set, SMTP state has one source, and a copy loads its own change once.
 
-use std::time::Duration;
-
 use crate::api::raw;
 use crate::helpers::*;
-
-/// Polls `f` until it returns `Some`, or fails the test after [`DEADLINE`].
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test]
 async fn audit_retention_days_can_be_set_and_the_purge_keeps_that_long() {

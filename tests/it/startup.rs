@@ -145,19 +145,13 @@ async fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while http
-        .get(format!("http://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "service did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("service did not start", async || {
+        http.get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
     let resp = http
         .get(format!("http://127.0.0.1:{port}/api/alerts/999"))
         .bearer_auth(ADMIN_TOKEN)
@@ -220,7 +214,7 @@ async fn check_tells_what_is_in_order_and_what_is_not() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("ok    database"), "{text}");
     assert!(
-        text.contains("FAIL  no usable active SMTP configuration"),
+        text.contains("FAIL  no active SMTP configuration"),
         "{text}"
     );
     assert!(

@@ -1,7 +1,7 @@
 //! Existing data: a database the old system ran, and tables that already hold
 //! flagged rows when they start being watched.
 
-use audit_alert::monitor::tables::{self, WatchRequest};
+use audit_alert::monitor::{self as tables, WatchRequest};
 
 use crate::helpers::*;
 
@@ -67,7 +67,7 @@ async fn a_database_of_the_old_system_upgrades_in_place_and_resends_nothing() {
     let smtp: Vec<String> = column(
         &client,
         "SELECT concat_ws(' ', name, smtp_server || ':' || smtp_port, sender_email,
-                          username, sender_password, is_active)
+                          username, sender_password, is_active::text)
            FROM smtp_config ORDER BY id",
     )
     .await;

@@ -1,4 +1,4 @@
-//! Delivery of claimed alerts: grouped per table into digests of bounded size,
+//! Digests of claimed alerts: grouped per table into digests of bounded size,
 //! rendered once per digest, sent to each recipient that does not have it yet,
 //! and judged per recipient (a permanent refusal by one does not hold back
 //! the others; a transient failure schedules a retry for those still missing).
@@ -11,9 +11,9 @@ use lettre::message::{Body, Mailbox, MultiPart};
 use lettre::Message;
 use serde_json::{Map, Value};
 
-use super::control::{Recipient, Snapshot};
-use super::queue::{ClaimedAlert, Outcome};
+use super::outbox::{AlertStatus, ClaimedAlert, Outcome};
 use super::retry::RetryPolicy;
+use super::snapshot::{Recipient, Snapshot};
 use crate::mail::render::RenderedMail;
 use crate::mail::transport::FailureKind;
 use crate::mail::{AlertRecord, DeliveryError, Mailer, Renderer};
@@ -225,11 +225,11 @@ fn judge(
         .unwrap_or(1)
         .max(0) as u32;
     let (status, retry_in) = if transient && retry.may_retry(attempts) {
-        ("pending", retry.delay(attempts, fastrand::f64()))
+        (AlertStatus::Pending, retry.delay(attempts, fastrand::f64()))
     } else if !transient && !delivered_to.is_empty() {
-        ("sent", Default::default())
+        (AlertStatus::Sent, Default::default())
     } else {
-        ("failed", Default::default())
+        (AlertStatus::Failed, Default::default())
     };
     Outcome {
         ids: digest.alerts.iter().map(|a| a.id).collect(),
@@ -287,7 +287,7 @@ mod tests {
             &failures,
             None,
         );
-        assert_eq!(out.status, "sent");
+        assert_eq!(out.status, AlertStatus::Sent);
         assert!(out.refused.get("bad@x.y").is_some());
         assert!(out.last_error.as_deref().unwrap().contains("bad@x.y: 550"));
     }
@@ -304,7 +304,7 @@ mod tests {
             &failures,
             None,
         );
-        assert_eq!(out.status, "pending");
+        assert_eq!(out.status, AlertStatus::Pending);
         assert!(out.retry_in_ms > 0);
         a.attempts = policy.max_attempts as i32;
         let out = judge(
@@ -314,6 +314,6 @@ mod tests {
             &failures,
             None,
         );
-        assert_eq!(out.status, "failed");
+        assert_eq!(out.status, AlertStatus::Failed);
     }
 }

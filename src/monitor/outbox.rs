@@ -1,17 +1,61 @@
-//! The alert outbox (`email_sent_log`): claiming due alerts, recording what
-//! happened, and the look-ups the dispatcher needs. Every statement is short;
-//! no transaction stays open while mail is being sent.
+//! The alert outbox (`email_sent_log`): an alert's states, claiming due
+//! alerts under a lease, recording what happened, re-sending, and the
+//! look-ups delivery needs. Every statement is short; no transaction stays
+//! open while mail is being sent.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::control::WatchedTable;
-use crate::db::quote_ident;
+use crate::db;
 use crate::mail::transport::FailureKind;
+
+/// Where an alert is in its life: the outbox's `status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlertStatus {
+    /// Waiting: due now, retrying later, or held (paused, nothing to send with).
+    Pending,
+    /// Claimed by a worker, under a lease.
+    Sending,
+    Sent,
+    /// Attempts exhausted, or refused by every recipient.
+    Failed,
+    /// Arrived while e-mail was switched off: recorded, not sent.
+    Suppressed,
+    /// Present when its table started being watched: not mailed.
+    Baseline,
+}
+
+impl AlertStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Sending,
+        Self::Sent,
+        Self::Failed,
+        Self::Suppressed,
+        Self::Baseline,
+    ];
+
+    /// The column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Suppressed => "suppressed",
+            Self::Baseline => "baseline",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
 
 /// An alert this worker holds the lease on.
 #[derive(Clone, Debug)]
@@ -33,8 +77,8 @@ pub struct ClaimedAlert {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub ids: Vec<i64>,
-    /// `sent`, `failed` or `pending` (to be retried).
-    pub status: &'static str,
+    /// `Sent`, `Failed` or `Pending` (to be retried).
+    pub status: AlertStatus,
     pub delivered_to: Vec<String>,
     /// Recipient → permanent error, added to what was recorded before.
     pub refused: Value,
@@ -69,56 +113,11 @@ pub const PLANNER_SETTINGS: [(&str, &str); 4] = [
     ("jit", "off"),
 ];
 
-/// The connections of delivery: every statement of this module but the
-/// template preview's row look-up goes through them. Their sessions carry
+/// The connections of delivery: every statement of this module, and the
+/// reading of claimed alerts' rows, go through them. Their sessions carry
 /// [`PLANNER_SETTINGS`] from the start, so a statement costs one round trip.
 pub fn delivery_pool(config: &tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
-    crate::db::pool(&with_settings(config, &PLANNER_SETTINGS), size)
-}
-
-/// Session settings of the connection that takes reported alerts in (see
-/// [`admit_reported`]).
-///
-/// Taking in need not wait for its commit to reach the disk: the inbox rows
-/// it deletes and the outbox rows it adds are one transaction, so a database
-/// crash keeps either both, or neither and they are taken in again. And no
-/// mail goes out before a claim commits, which writes everything before it
-/// to the disk with it.
-///
-/// The inbox has no index: its rows are found by reading it whole, and those
-/// taken are deleted by their place (`ctid`). Its statistics are stale most
-/// of the time (it fills and empties between two analyses), and when they
-/// say it is empty the planner reads it whole again for the delete, testing
-/// every row against every place taken: sequential scans are off, with JIT,
-/// as on delivery's connections.
-pub const ADMIT_SETTINGS: [(&str, &str); 3] = [
-    ("synchronous_commit", "off"),
-    ("enable_seqscan", "off"),
-    ("jit", "off"),
-];
-
-/// The connection that takes reported alerts in, with [`ADMIT_SETTINGS`].
-pub fn admit_pool(config: &tokio_postgres::Config) -> anyhow::Result<Pool> {
-    crate::db::pool(&with_settings(config, &ADMIT_SETTINGS), 1)
-}
-
-/// `config` with `settings` added to whatever options it has.
-fn with_settings(
-    config: &tokio_postgres::Config,
-    settings: &[(&str, &str)],
-) -> tokio_postgres::Config {
-    let mut config = config.clone();
-    let ours = settings
-        .iter()
-        .map(|(name, value)| format!("-c {name}={value}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let options = match config.get_options() {
-        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
-        _ => ours,
-    };
-    config.options(&options);
-    config
+    db::pool_with_settings(config, &PLANNER_SETTINGS, size)
 }
 
 /// The claim: `$1` tables, `$2` most alerts, `$3` worker, `$4` lease in
@@ -161,6 +160,10 @@ pub const RECORD_OUTCOME: &str = "
            failed_recipients = CASE WHEN $5::jsonb = '{}' THEN e.failed_recipients
                                     ELSE e.failed_recipients || $5::jsonb END,
            error_message = COALESCE($6::text, e.error_message),
+           attempt_errors = CASE WHEN $6::text IS NULL THEN e.attempt_errors
+                                 ELSE e.attempt_errors || jsonb_build_array(jsonb_build_object(
+                                          'attempt', e.attempts, 'at', now(), 'error', $6::text))
+                            END,
            message_id = COALESCE($7::text, e.message_id),
            sent_at = CASE WHEN $3::text = 'sent' THEN now() ELSE e.sent_at END,
            next_attempt_at = now() + make_interval(secs => $8::bigint / 1000.0),
@@ -168,25 +171,6 @@ pub const RECORD_OUTCOME: &str = "
            recipients = array_to_string($4::text[], ','),
            updated_at = now()
      WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
-
-/// Alerts the triggers reported, taken from `alert_inbox` into the outbox:
-/// up to `$1` inbox rows, skipping those another copy is taking in. A record
-/// reported twice becomes one alert, and one already in the outbox none.
-/// Returns (inbox rows taken, alerts added).
-pub const ADMIT: &str = "
-    WITH reported AS (
-        DELETE FROM alert_inbox
-         WHERE ctid = ANY(ARRAY(SELECT ctid FROM alert_inbox LIMIT $1 FOR UPDATE SKIP LOCKED))
-     RETURNING table_name, record_id, verdict, reported_at
-    ), admitted AS (
-        INSERT INTO email_sent_log (table_name, record_id, verdict, created_at, next_attempt_at)
-        SELECT table_name, record_id, verdict, min(reported_at), min(reported_at)
-          FROM reported
-         GROUP BY table_name, record_id, verdict
-        ON CONFLICT (table_name, record_id, verdict) DO NOTHING
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM reported), (SELECT count(*) FROM admitted)";
 
 /// Alerts by status, those reported and not yet taken in counted as
 /// pending: (status, count) rows, a status possibly twice (see
@@ -201,53 +185,20 @@ pub const COUNT_BY_STATUS: &str = "
                         WHERE e.table_name = i.table_name AND e.record_id = i.record_id
                           AND e.verdict = i.verdict)";
 
-/// Vacuums the inbox, unless another session is vacuuming it. After a burst
-/// the inbox holds as many dead rows as it took in until autovacuum comes
-/// (up to a minute), and every taking in reads them all: 1 to 4 ms after
-/// 100,000, against a fraction of a millisecond once vacuumed.
-pub async fn vacuum_inbox(pool: &Pool) -> anyhow::Result<()> {
-    let client = pool
-        .get()
+/// Alerts by status ([`COUNT_BY_STATUS`]); a status no alert has is absent.
+pub async fn count_by_status(pool: &Pool) -> anyhow::Result<HashMap<AlertStatus, i64>> {
+    let mut counts = HashMap::new();
+    for r in db::client(pool)
+        .await?
+        .query(COUNT_BY_STATUS, &[])
         .await
-        .context("Failed to get a database connection")?;
-    client
-        .batch_execute("VACUUM (SKIP_LOCKED) alert_inbox")
-        .await
-        .context("Failed to vacuum the inbox")
-}
-
-/// Alerts by status ([`COUNT_BY_STATUS`]).
-pub async fn count_by_status(
-    client: &tokio_postgres::Client,
-) -> Result<std::collections::HashMap<String, i64>, tokio_postgres::Error> {
-    let mut counts = std::collections::HashMap::new();
-    for r in client.query(COUNT_BY_STATUS, &[]).await? {
-        *counts.entry(r.get(0)).or_default() += r.get::<_, i64>(1);
+        .context("Failed to count alerts")?
+    {
+        if let Some(status) = AlertStatus::parse(r.get(0)) {
+            *counts.entry(status).or_default() += r.get::<_, i64>(1);
+        }
     }
     Ok(counts)
-}
-
-/// Inbox rows taken in by one statement at most, so that a burst is taken
-/// in by several short transactions while delivery claims what is in.
-pub const ADMIT_BATCH: i64 = 5000;
-
-/// Takes up to [`ADMIT_BATCH`] reported alerts into the outbox; returns
-/// (inbox rows taken, alerts added). Fewer rows than a batch taken means the
-/// inbox held no more, as of the statement's start.
-pub async fn admit_reported(pool: &Pool) -> anyhow::Result<(u64, u64)> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
-    let admit = client
-        .prepare_cached(ADMIT)
-        .await
-        .context("Failed to prepare taking in reported alerts")?;
-    let row = client
-        .query_one(&admit, &[&ADMIT_BATCH])
-        .await
-        .context("Failed to take in reported alerts")?;
-    Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
 }
 
 /// Takes up to `limit` due alerts of `tables` (pending ones whose time has
@@ -259,10 +210,7 @@ pub async fn claim(
     worker: &str,
     lease: Duration,
 ) -> anyhow::Result<Vec<ClaimedAlert>> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = db::client(pool).await?;
     let statement = client
         .prepare_cached(CLAIM)
         .await
@@ -293,10 +241,7 @@ pub async fn claim(
 
 /// With e-mail switched off: due alerts are recorded as suppressed, not sent.
 pub async fn suppress_due(pool: &Pool, limit: i64) -> anyhow::Result<u64> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = db::client(pool).await?;
     client
         .execute(
             "UPDATE email_sent_log SET status = 'suppressed', updated_at = now()
@@ -318,10 +263,7 @@ pub async fn unclaim(
     ids: &[i64],
     suppress: bool,
 ) -> anyhow::Result<u64> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = db::client(pool).await?;
     client
         .execute(
             "UPDATE email_sent_log
@@ -340,10 +282,7 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
     if outcomes.is_empty() {
         return Ok(0);
     }
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = db::client(pool).await?;
     // One transaction, one commit for all of a batch's outcomes.
     let tx = client
         .transaction()
@@ -361,7 +300,7 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
                 &[
                     &worker,
                     &o.ids,
-                    &o.status,
+                    &o.status.as_str(),
                     &o.delivered_to,
                     &o.refused,
                     &o.last_error,
@@ -380,10 +319,7 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
 
 /// When the next alert of `tables` falls due, if any is waiting.
 pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<DateTime<Utc>>> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = db::client(pool).await?;
     let statement = client
         .prepare_cached(
             "SELECT min(d.next_attempt_at)
@@ -403,57 +339,55 @@ pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<D
     Ok(row.get(0))
 }
 
-/// The current rows behind `record_ids`, by id (deleted rows are absent).
-pub async fn fetch_rows(
-    pool: &Pool,
-    table: &WatchedTable,
-    record_ids: &[&str],
-) -> anyhow::Result<std::collections::HashMap<String, Map<String, Value>>> {
-    // The relation comes from regclass output and the type from format_type,
-    // both already valid SQL; the column is quoted here.
-    let sql = format!(
-        "SELECT t.{col}::text, row_to_json(t) FROM {rel} t WHERE t.{col} = ANY($1::text[]::{ty}[])",
-        col = quote_ident(&table.id_column),
-        rel = table.relation,
-        ty = table.id_type,
-    );
-    let client = pool
-        .get()
+/// What a re-send found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// Back in line, as a new alert would be.
+    Queued,
+    Missing,
+    /// Only failed or suppressed alerts are sent again.
+    NotResendable(AlertStatus),
+}
+
+/// Puts a failed or suppressed alert back in line: attempts, recipients and
+/// errors start over, and it goes to every active recipient of its table.
+pub async fn resend(pool: &Pool, id: i64) -> anyhow::Result<Resend> {
+    let client = db::client(pool).await?;
+    let queued = client
+        .execute(
+            "UPDATE email_sent_log
+                SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                    delivered_to = '{}', failed_recipients = '{}', error_message = NULL,
+                    updated_at = now()
+              WHERE id = $1 AND status IN ('failed', 'suppressed')",
+            &[&id],
+        )
         .await
-        .context("Failed to get a database connection")?;
-    let rows = client
-        .query(&sql, &[&record_ids])
+        .context("Failed to re-send an alert")?;
+    if queued > 0 {
+        return Ok(Resend::Queued);
+    }
+    let current = client
+        .query_opt("SELECT status FROM email_sent_log WHERE id = $1", &[&id])
         .await
-        .with_context(|| format!("Failed to read rows of {}", table.name))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let id: String = r.get(0);
-            match r.get::<_, Value>(1) {
-                Value::Object(map) => Some((id, map)),
-                _ => None,
-            }
-        })
-        .collect())
+        .context("Failed to read an alert")?;
+    Ok(match current {
+        None => Resend::Missing,
+        Some(row) => {
+            Resend::NotResendable(AlertStatus::parse(row.get(0)).unwrap_or(AlertStatus::Pending))
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::AlertStatus;
+
     #[test]
-    fn planner_settings_join_the_options_of_the_database_url() {
-        let plain: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
-        let options =
-            "-c enable_sort=off -c enable_bitmapscan=off -c enable_seqscan=off -c jit=off";
-        assert_eq!(
-            super::with_settings(&plain, &super::PLANNER_SETTINGS).get_options(),
-            Some(options)
-        );
-        let theirs: tokio_postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dmod"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            super::with_settings(&theirs, &super::PLANNER_SETTINGS).get_options(),
-            Some(format!("-c search_path=mod {options}").as_str())
-        );
+    fn every_status_reads_back_as_itself() {
+        for status in AlertStatus::ALL {
+            assert_eq!(AlertStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(AlertStatus::parse("success"), None);
     }
 }

@@ -1,6 +1,6 @@
-//! The worker's view of the configuration: switches from `system_config`, the
-//! active SMTP server, watched tables and recipients. Loaded as one snapshot,
-//! reloaded whenever a control notification says something changed.
+//! The worker's view of the configuration, read as one snapshot: the
+//! switches, the active SMTP server, watched tables, recipients and templates.
+//! Reloaded whenever a control notification says something changed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,208 +9,18 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_postgres::Pool;
 
-use super::retry::RetryPolicy;
-use crate::config::Secret;
-use crate::crypto::SecretBox;
+use super::settings::Switches;
+use crate::crypto::{Secret, SecretBox};
 use crate::mail::transport::Security;
 use crate::mail::{Renderer, SmtpSettings};
 
-/// Switches and tunables from `system_config`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Switches {
-    pub monitor_enabled: bool,
-    pub email_enabled: bool,
-    pub check_interval: Duration,
-    pub digest_max_records: usize,
-    pub retry: RetryPolicy,
-    pub sending_lease: Duration,
-    pub audit_retention_days: u64,
-}
-
-impl Default for Switches {
-    /// Every setting at the default [`SETTINGS`] gives it.
-    fn default() -> Self {
-        let mut s = Self {
-            monitor_enabled: false,
-            email_enabled: false,
-            check_interval: Duration::ZERO,
-            digest_max_records: 0,
-            retry: RetryPolicy::default(),
-            sending_lease: Duration::ZERO,
-            audit_retention_days: 0,
-        };
-        for setting in SETTINGS {
-            s.set(setting.key, setting.default);
-        }
-        s
-    }
-}
-
-/// The kind of value a setting holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SettingKind {
-    Boolean,
-    Integer { min: u64, max: u64 },
-}
-
-/// A key of `system_config`: its range, default and description, written
-/// here only (migrations seed the defaults; the API lists them from here).
-#[derive(Clone, Copy, Debug)]
-pub struct Setting {
-    pub key: &'static str,
-    pub kind: SettingKind,
-    pub default: &'static str,
-    pub description: &'static str,
-}
-
-const fn int(min: u64, max: u64) -> SettingKind {
-    SettingKind::Integer { min, max }
-}
-
-/// Every key the service reads from `system_config`.
-pub const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "monitor_enabled",
-        default: "true",
-        kind: SettingKind::Boolean,
-        description: "Deliver alerts (false pauses delivery on every copy; alerts wait)",
-    },
-    Setting {
-        key: "email_enabled",
-        default: "true",
-        kind: SettingKind::Boolean,
-        description: "Send e-mail (false records new alerts as suppressed)",
-    },
-    Setting {
-        key: "check_interval",
-        default: "5",
-        kind: int(1, 60),
-        description: "Minutes between fallback sweeps (1-60)",
-    },
-    Setting {
-        key: "digest_max_records",
-        default: "200",
-        kind: int(1, 10_000),
-        description: "Most records one digest e-mail carries",
-    },
-    Setting {
-        key: "retry_max_attempts",
-        default: "8",
-        kind: int(1, 100),
-        description: "Delivery attempts before an alert is marked failed",
-    },
-    Setting {
-        key: "retry_base_ms",
-        default: "2000",
-        kind: int(1, 3_600_000),
-        description: "First retry delay in milliseconds; doubles per attempt",
-    },
-    Setting {
-        key: "retry_max_ms",
-        default: "600000",
-        kind: int(1, 86_400_000),
-        description: "Longest retry delay in milliseconds",
-    },
-    Setting {
-        key: "sending_lease_seconds",
-        default: "300",
-        kind: int(1, 86_400),
-        description: "Seconds after which an unfinished send is taken over by another worker",
-    },
-    Setting {
-        key: "audit_retention_days",
-        kind: int(180, 3650),
-        default: "180",
-        description: "Days the operation audit log is kept (180-3650)",
-    },
-];
-
-/// Why a setting was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingError {
-    #[error("unknown setting '{0}'")]
-    UnknownKey(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Checks a value for `key` and returns it in its stored form.
-pub fn validate_setting(key: &str, value: &str) -> Result<String, SettingError> {
-    let setting = SETTINGS
-        .iter()
-        .find(|s| s.key == key)
-        .ok_or_else(|| SettingError::UnknownKey(key.to_owned()))?;
-    let value = value.trim();
-    match setting.kind {
-        SettingKind::Boolean => parse_bool(value).map(|b| b.to_string()).ok_or_else(|| {
-            SettingError::Invalid(format!("{key} must be true or false, not '{value}'"))
-        }),
-        SettingKind::Integer { min, max } => parse_in(value, min, max)
-            .map(|n| n.to_string())
-            .ok_or_else(|| {
-                SettingError::Invalid(format!(
-                    "{key} must be a whole number from {min} to {max}, not '{value}'"
-                ))
-            }),
-    }
-}
-
-impl Switches {
-    /// Reads the stored values; one that does not parse keeps its default
-    /// (the API refuses such values, but SQL can write anything).
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut s = Self::default();
-        for (key, value) in pairs {
-            let value = match validate_setting(key, value) {
-                Ok(v) => v,
-                Err(SettingError::UnknownKey(_)) => continue,
-                Err(e) => {
-                    tracing::warn!(key, value, error = %e, "ignoring an invalid system_config value");
-                    continue;
-                }
-            };
-            s.set(key, &value);
-        }
-        s
-    }
-
-    /// Takes a value [`validate_setting`] accepted.
-    fn set(&mut self, key: &str, value: &str) {
-        let number = || value.parse::<u64>().unwrap_or_default();
-        match key {
-            "monitor_enabled" => self.monitor_enabled = value == "true",
-            "email_enabled" => self.email_enabled = value == "true",
-            "check_interval" => self.check_interval = Duration::from_secs(number() * 60),
-            "digest_max_records" => self.digest_max_records = number() as usize,
-            "retry_max_attempts" => self.retry.max_attempts = number() as u32,
-            "retry_base_ms" => self.retry.base = Duration::from_millis(number()),
-            "retry_max_ms" => self.retry.max = Duration::from_millis(number()),
-            "sending_lease_seconds" => self.sending_lease = Duration::from_secs(number()),
-            "audit_retention_days" => self.audit_retention_days = number(),
-            _ => {}
-        }
-    }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_in(v: &str, min: u64, max: u64) -> Option<u64> {
-    v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
-}
-
 /// The `smtp_config` columns [`smtp_settings`] reads.
-pub const SMTP_COLUMNS: &str = "id, smtp_server, smtp_port, security, sender_email, sender_name,
+const SMTP_COLUMNS: &str = "id, smtp_server, smtp_port, security, sender_email, sender_name,
     username, sender_password, timeout_seconds, password_encrypted";
 
 /// An SMTP configuration row (selected with [`SMTP_COLUMNS`]) ready to send
 /// with, its password decrypted.
-pub fn smtp_settings(
+fn smtp_settings(
     r: &tokio_postgres::Row,
     secrets: Option<&SecretBox>,
 ) -> Result<SmtpSettings, String> {
@@ -240,6 +50,25 @@ pub fn smtp_settings(
         password,
         timeout: Duration::from_secs(r.get::<_, i32>(8).clamp(1, 600) as u64),
     })
+}
+
+/// One SMTP configuration as the mailer needs it, its password decrypted
+/// (the API's test send): `None` when there is no such configuration, `Err`
+/// saying why it cannot be used.
+pub async fn smtp_configuration(
+    pool: &Pool,
+    id: i32,
+    secrets: Option<&SecretBox>,
+) -> anyhow::Result<Option<Result<SmtpSettings, String>>> {
+    let row = crate::db::client(pool)
+        .await?
+        .query_opt(
+            &format!("SELECT {SMTP_COLUMNS} FROM smtp_config WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .context("Failed to read smtp_config")?;
+    Ok(row.map(|r| smtp_settings(&r, secrets)))
 }
 
 /// A table whose flagged rows raise alerts.
@@ -373,10 +202,7 @@ impl Snapshot {
     /// Reads the whole snapshot in one repeatable-read transaction;
     /// `secrets` decrypts the SMTP password.
     pub async fn load(pool: &Pool, secrets: Option<&SecretBox>) -> anyhow::Result<Self> {
-        let mut client = pool
-            .get()
-            .await
-            .context("Failed to get a database connection")?;
+        let mut client = crate::db::client(pool).await?;
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -490,56 +316,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn switches_parse_and_ignore_garbage() {
-        let s = Switches::from_pairs([
-            ("monitor_enabled", "false"),
-            ("check_interval", "2"),
-            ("digest_max_records", "many"),
-            ("retry_base_ms", "50"),
-        ]);
-        assert!(!s.monitor_enabled);
-        assert_eq!(s.check_interval, Duration::from_secs(120));
-        assert_eq!(s.digest_max_records, 200);
-        assert_eq!(s.retry.base, Duration::from_millis(50));
-        assert_eq!(
-            Switches::from_pairs([("check_interval", "61")]).check_interval,
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            Switches::from_pairs([("audit_retention_days", "400")]).audit_retention_days,
-            400
-        );
-        assert_eq!(
-            Switches::from_pairs([("audit_retention_days", "30")]).audit_retention_days,
-            180,
-            "below the least kept"
-        );
-    }
-
-    #[test]
     fn a_read_includes_what_committed_before_it() {
         let seen = SeenTransactions::parse("100:105:101,103").unwrap();
         assert!(seen.includes(99) && seen.includes(102) && seen.includes(104));
         assert!(!seen.includes(101) && !seen.includes(103) && !seen.includes(105));
         assert!(SeenTransactions::parse("7:7:").unwrap().includes(6));
         assert_eq!(SeenTransactions::parse("x"), None);
-    }
-
-    #[test]
-    fn defaults_are_the_catalogue_s() {
-        let d = Switches::default();
-        assert!(d.monitor_enabled && d.email_enabled);
-        assert_eq!(d.check_interval, Duration::from_secs(300));
-        assert_eq!(d.digest_max_records, 200);
-        assert_eq!(d.retry, RetryPolicy::default());
-        assert_eq!(d.sending_lease, Duration::from_secs(300));
-        assert_eq!(d.audit_retention_days, 180);
-        for setting in SETTINGS {
-            assert!(
-                validate_setting(setting.key, setting.default).is_ok(),
-                "{}",
-                setting.key
-            );
-        }
     }
 }
