@@ -21,6 +21,31 @@ async fn a_server_answering_451_is_retried_with_the_attempts_visible() {
         1,
     )
     .await;
+    // Every failed attempt keeps its error, in order.
+    let alert: i64 = t
+        .client
+        .query_one("SELECT id FROM email_sent_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (status, _, body) =
+        crate::api::raw(&t.app, "GET", &format!("/api/alerts/{alert}"), None).await;
+    assert_eq!(status, 200);
+    let errors = body["attempt_errors"].as_array().unwrap();
+    assert_eq!(
+        errors
+            .iter()
+            .map(|e| e["attempt"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{body}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"].as_str().unwrap().contains("451") && e["at"].is_string()),
+        "{body}"
+    );
     t.app.stop().await;
 }
 

@@ -1,6 +1,8 @@
 //! Settings and the configuration a copy holds: every documented setting can
 //! be set, SMTP state has one source, and a copy loads its own change once.
 
+use serde_json::json;
+
 use crate::api::raw;
 use crate::helpers::*;
 
@@ -21,6 +23,17 @@ async fn audit_retention_days_can_be_set_and_the_purge_keeps_that_long() {
         (Some(180), Some(3650))
     );
     assert_eq!(app.worker().snapshot().switches.audit_retention_days, 365);
+    let (_, _, listed) = raw(&app, "GET", "/api/config/system", None).await;
+    let retention = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "audit_retention_days")
+        .unwrap();
+    assert_eq!(
+        (&retention["value"], &retention["default"]),
+        (&json!("365"), &json!("180"))
+    );
     let (status, _, problem) = raw(
         &app,
         "PUT",
