@@ -193,10 +193,7 @@ async fn purge_loop(pool: Pool, worker: Worker, shutdown: CancellationToken) {
 /// the service does not start until `SECRET_KEY` is set.
 async fn refuse_clear_passwords(pool: &Pool) -> Result<(), StartError> {
     use anyhow::Context;
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = crate::db::client(pool).await?;
     let clear: i64 = client
         .query_one(
             "SELECT count(*) FROM smtp_config
@@ -219,10 +216,7 @@ async fn refuse_clear_passwords(pool: &Pool) -> Result<(), StartError> {
 /// Encrypts SMTP passwords the old system stored in clear, once a key exists.
 async fn encrypt_legacy_passwords(pool: &Pool, secrets: &SecretBox) -> anyhow::Result<()> {
     use anyhow::Context;
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = crate::db::client(pool).await?;
     let tx = client
         .transaction()
         .await

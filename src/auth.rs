@@ -98,10 +98,7 @@ pub async fn issue(
     let token = format!("{PREFIX}{}", B64URL.encode(bytes));
     let expires_at = expires_in
         .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = crate::db::client(pool).await?;
     let id: i64 = client
         .query_one(
             "INSERT INTO api_tokens (token_hash, operator_id, org_id, role, expires_at, description)
@@ -120,10 +117,7 @@ pub async fn issue(
 
 /// Revokes a token; `false` when there is no such live token.
 pub async fn revoke(pool: &Pool, id: i64) -> anyhow::Result<bool> {
-    let client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let client = crate::db::client(pool).await?;
     let n = client
         .execute(
             "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
@@ -195,10 +189,7 @@ impl Authenticator {
                 return Ok(c.principal.clone());
             }
         }
-        let client = pool
-            .get()
-            .await
-            .context("Failed to get a database connection")?;
+        let client = crate::db::client(pool).await?;
         // Recording the use on every check is cheap here: checks are cached.
         let row = client
             .query_opt(

@@ -130,7 +130,13 @@ pub struct MonitorLogs {
 
 async fn set_monitor(state: &AppState, enabled: bool) -> ApiResult<MonitorStatus> {
     let held = state.worker.hold_reloads().await;
-    system::store(state, "monitor_enabled", &enabled.to_string()).await?;
+    system::store(
+        state,
+        "monitor_enabled",
+        &enabled.to_string(),
+        "monitor_enabled",
+    )
+    .await?;
     state.worker.reload_holding(held).await?;
     status(state).await
 }
@@ -276,7 +282,7 @@ impl MonitorApi {
         _auth: OperatorAuth,
         state: Data<&AppState>,
     ) -> ApiResult<Json<MonitorStatus>> {
-        system::store(&state, "monitor_enabled", "true").await?;
+        system::store(&state, "monitor_enabled", "true", "monitor_enabled").await?;
         let client = state.pool.get().await?;
         client
             .execute("SELECT pg_notify($1, 'restart')", &[&CONTROL_CHANNEL])
@@ -301,7 +307,8 @@ impl MonitorApi {
         status(&state).await.map(Json)
     }
 
-    /// Set the fallback sweep interval in minutes (1-60); takes effect at once
+    /// Set the fallback sweep interval in minutes (`check_interval`: its range
+    /// is listed by `GET /api/config/system`); takes effect at once
     ///
     /// Requires the operator or admin role.
     #[oai(
@@ -313,10 +320,10 @@ impl MonitorApi {
         &self,
         state: Data<&AppState>,
         _auth: OperatorAuth,
-        #[oai(validator(minimum(value = "1"), maximum(value = "60")))] minutes: Path<u32>,
+        minutes: Path<u32>,
     ) -> ApiResult<Json<MonitorStatus>> {
         let held = state.worker.hold_reloads().await;
-        system::store(&state, "check_interval", &minutes.0.to_string()).await?;
+        system::store(&state, "check_interval", &minutes.0.to_string(), "minutes").await?;
         state.worker.reload_holding(held).await?;
         status(&state).await.map(Json)
     }

@@ -49,12 +49,19 @@ pub struct SettingValue {
     pub value: String,
 }
 
-pub(crate) async fn store(state: &AppState, key: &str, value: &str) -> ApiResult<SystemSetting> {
+/// Stores a setting checked against the catalogue; a bad value is named as
+/// the request's `field`.
+pub(crate) async fn store(
+    state: &AppState,
+    key: &str,
+    value: &str,
+    field: &str,
+) -> ApiResult<SystemSetting> {
     let value = validate_setting(key, value).map_err(|e| match e {
         SettingError::UnknownKey(_) => {
             ApiError::not_found(format!("{e}; known settings: {}", known()))
         }
-        SettingError::Invalid(detail) => ApiError::invalid("value", detail),
+        SettingError::Invalid(detail) => ApiError::invalid(field, format!("{field}: {detail}")),
     })?;
     let client = state.pool.get().await?;
     client
@@ -148,7 +155,7 @@ impl SystemApi {
         body: Json<SettingValue>,
     ) -> ApiResult<Json<SystemSetting>> {
         let held = state.worker.hold_reloads().await;
-        let stored = store(&state, &key.0, &body.value).await?;
+        let stored = store(&state, &key.0, &body.value, "value").await?;
         // This copy applies it before answering (and its own notification
         // finds it applied); the others within moments.
         state.worker.reload_holding(held).await?;

@@ -216,10 +216,7 @@ async fn insert(pool: &Pool, batch: &[Entry]) -> anyhow::Result<()> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::{ToSql, Type};
 
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = crate::db::client(pool).await?;
     let tx = client
         .transaction()
         .await
@@ -311,10 +308,7 @@ async fn insert_skipping_existing(
 
 /// Deletes entries older than `days`; one copy at a time. Returns how many.
 pub async fn purge(pool: &Pool, days: u64) -> anyhow::Result<u64> {
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = crate::db::client(pool).await?;
     let tx = client
         .transaction()
         .await

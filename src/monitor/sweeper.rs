@@ -1,5 +1,5 @@
 //! The fallback sweep: finds flagged rows that have no alert yet (triggers
-//! bypassed, rows written while no trigger existed) and enqueues them. What
+//! bypassed, rows written while no trigger existed) and records them. What
 //! the triggers reported into the inbox is taken in first, so that such rows
 //! have their alert by then.
 //!
@@ -92,10 +92,7 @@ async fn take_in_reported(intake: &Pool) -> anyhow::Result<()> {
 
 /// `None` when another copy holds the table's sweep lock.
 async fn sweep_table(pool: &Pool, table: &WatchedTable, full: bool) -> anyhow::Result<Option<u64>> {
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = crate::db::client(pool).await?;
     let tx = client
         .transaction()
         .await

@@ -58,10 +58,7 @@ pub async fn watch(pool: &Pool, req: &WatchRequest) -> Result<Watched, WatchErro
         Some((s, n)) => (s, n),
         None => ("public", req.table.as_str()),
     };
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = crate::db::client(pool).await?;
     let tx = client
         .transaction()
         .await
@@ -168,10 +165,7 @@ pub async fn watch(pool: &Pool, req: &WatchRequest) -> Result<Watched, WatchErro
 /// Stops watching: removes the triggers; alert history stays. `false` when
 /// the table was not watched.
 pub async fn unwatch(pool: &Pool, table: &str) -> anyhow::Result<bool> {
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a database connection")?;
+    let mut client = crate::db::client(pool).await?;
     let tx = client
         .transaction()
         .await

@@ -512,11 +512,7 @@ async fn monitor_stop_holds_mail_and_start_releases_it() {
     let mails = t.smtp.wait_for_count(1).await;
     assert_eq!(mails[0].record_ids(), [id.to_string()]);
 
-    let status = api
-        .monitor_interval(NonZeroU32::new(7).unwrap())
-        .await
-        .unwrap()
-        .into_inner();
+    let status = api.monitor_interval(7).await.unwrap().into_inner();
     assert_eq!(status.config.check_interval, 7);
     let next = status.sweep.next_sweep.expect("a sweep is scheduled");
     let wait = next - chrono::Utc::now();
