@@ -350,7 +350,7 @@ async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
     }
     let setup = t.elapsed().as_secs_f64();
     let pool = audit_alert::db::pool(&db.config().database, 2).unwrap();
-    let admit = audit_alert::monitor::intake_pool(&db.config().database).unwrap();
+    let intake = audit_alert::monitor::intake_pool(&db.config().database).unwrap();
     let snapshot = audit_alert::monitor::Snapshot::load(&pool, None)
         .await
         .unwrap();
@@ -362,13 +362,13 @@ async fn sweep_table_of(n: i64) -> (f64, f64, f64) {
         .collect();
     let mut idle = Vec::new();
     for _ in 0..21 {
-        let report = monitor::sweep(&pool, &admit, &table, false).await.unwrap();
+        let report = monitor::sweep(&pool, &intake, &table, false).await.unwrap();
         assert_eq!(report.found, 0);
         idle.push(report.duration.as_secs_f64() * 1e3);
     }
-    let full = monitor::sweep(&pool, &admit, &table, true).await.unwrap();
+    let full = monitor::sweep(&pool, &intake, &table, true).await.unwrap();
     assert_eq!(full.found, 0);
     pool.close();
-    admit.close();
+    intake.close();
     (median(idle), full.duration.as_secs_f64() * 1e3, setup)
 }

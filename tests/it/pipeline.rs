@@ -173,8 +173,8 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
     let snapshot = audit_alert::monitor::Snapshot::load(&pool, None)
         .await
         .unwrap();
-    let admit = audit_alert::monitor::intake_pool(&db.config().database).unwrap();
-    let report = audit_alert::monitor::sweep(&pool, &admit, &snapshot.tables, true)
+    let intake = audit_alert::monitor::intake_pool(&db.config().database).unwrap();
+    let report = audit_alert::monitor::sweep(&pool, &intake, &snapshot.tables, true)
         .await
         .unwrap();
     assert_eq!(report.found, 2);
@@ -186,7 +186,7 @@ async fn rows_written_while_the_service_was_down_are_mailed_at_start() {
         .get(0);
     assert_eq!(reported, 0);
     pool.close();
-    admit.close();
+    intake.close();
 
     let app = db.start().await;
     let mails = smtp.wait_for_records(5).await;
@@ -610,7 +610,7 @@ async fn plan_nodes(
 /// alert each time, and not walk past the due alerts of other tables.
 #[tokio::test]
 async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
-    use audit_alert::monitor::{self as queue, statements};
+    use audit_alert::monitor::{self, statements};
     type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
 
     let db = TestDb::new().await;
@@ -634,17 +634,17 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let delivery = queue::delivery_pool(&db.config().database, 1).unwrap();
-    let admit = queue::intake_pool(&db.config().database).unwrap();
-    let mut admitted = 0;
+    let delivery = monitor::delivery_pool(&db.config().database, 1).unwrap();
+    let intake = monitor::intake_pool(&db.config().database).unwrap();
+    let mut taken_in = 0;
     loop {
-        let (taken, added) = queue::take_in(&admit).await.unwrap();
-        admitted += added;
-        if taken < queue::TAKE_IN_BATCH as u64 {
+        let (taken, added) = monitor::take_in(&intake).await.unwrap();
+        taken_in += added;
+        if taken < monitor::TAKE_IN_BATCH as u64 {
             break;
         }
     }
-    assert_eq!(admitted, 20_003);
+    assert_eq!(taken_in, 20_003);
     let both = vec!["audit_results".to_owned(), "image_audit_results".to_owned()];
     let images_only = vec!["image_audit_results".to_owned()];
 
@@ -694,14 +694,14 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
     );
 
     let lease = std::time::Duration::from_secs(60);
-    let claimed = queue::claim(&delivery, &images_only, 800, "tester", lease)
+    let claimed = monitor::claim(&delivery, &images_only, 800, "tester", lease)
         .await
         .unwrap();
     let mut got: Vec<String> = claimed.iter().map(|a| a.record_id.clone()).collect();
     got.sort_by_key(|id| id.parse::<i64>().unwrap());
     let images: Vec<String> = images.iter().map(i64::to_string).collect();
     assert_eq!(got, images);
-    let claimed = queue::claim(&delivery, &both, 800, "tester", lease)
+    let claimed = monitor::claim(&delivery, &both, 800, "tester", lease)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 800);
@@ -710,10 +710,10 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         claimed.iter().all(|a| first.contains(&a.record_id)),
         "the earliest due alerts come first"
     );
-    let due = queue::next_due(&delivery, &both).await.unwrap();
+    let due = monitor::next_due(&delivery, &both).await.unwrap();
     assert!(due.is_some(), "19,200 alerts are still due");
     // What is left of the images' alerts: the lease just taken.
-    let lease_end = queue::next_due(&delivery, &images_only)
+    let lease_end = monitor::next_due(&delivery, &images_only)
         .await
         .unwrap()
         .unwrap();
@@ -724,22 +724,22 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
 /// worker that holds the lease now (`locked_by`) may record the outcome.
 #[tokio::test]
 async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing() {
-    use audit_alert::monitor::{self as queue, AlertStatus, Outcome};
+    use audit_alert::monitor::{self, AlertStatus, Outcome};
 
     let db = TestDb::new().await;
     db.migrate().await;
     let client = db.client().await;
     insert_audit_rows(&client, 5, FAIL).await;
-    let pool = queue::delivery_pool(&db.config().database, 1).unwrap();
-    let admit = queue::intake_pool(&db.config().database).unwrap();
-    assert_eq!(queue::take_in(&admit).await.unwrap(), (5, 5));
+    let pool = monitor::delivery_pool(&db.config().database, 1).unwrap();
+    let intake = monitor::intake_pool(&db.config().database).unwrap();
+    assert_eq!(monitor::take_in(&intake).await.unwrap(), (5, 5));
     let tables = vec!["audit_results".to_owned()];
     let expired = std::time::Duration::ZERO;
-    let first = queue::claim(&pool, &tables, 10, "first", expired)
+    let first = monitor::claim(&pool, &tables, 10, "first", expired)
         .await
         .unwrap();
     assert_eq!(first.len(), 5);
-    let second = queue::claim(&pool, &tables, 10, "second", expired)
+    let second = monitor::claim(&pool, &tables, 10, "second", expired)
         .await
         .unwrap();
     assert_eq!(second.len(), 5, "the expired lease is taken over");
@@ -757,9 +757,9 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
     };
 
     let late = [outcome(AlertStatus::Sent, "late@example.com")];
-    assert_eq!(queue::complete(&pool, "first", &late).await.unwrap(), 0);
+    assert_eq!(monitor::complete(&pool, "first", &late).await.unwrap(), 0);
     assert_eq!(
-        queue::unclaim(&pool, "first", &ids, false).await.unwrap(),
+        monitor::unclaim(&pool, "first", &ids, false).await.unwrap(),
         0
     );
     let holders: Vec<(String, Option<String>)> = client
@@ -777,7 +777,10 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
     );
 
     let current = [outcome(AlertStatus::Sent, "oncall@example.com")];
-    assert_eq!(queue::complete(&pool, "second", &current).await.unwrap(), 5);
+    assert_eq!(
+        monitor::complete(&pool, "second", &current).await.unwrap(),
+        5
+    );
     let recorded: i64 = client
         .query_one(
             "SELECT count(*) FROM email_sent_log WHERE status = 'sent' AND locked_by IS NULL
@@ -789,7 +792,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         .get(0);
     assert_eq!(recorded, 5);
     assert_eq!(
-        queue::complete(&pool, "second", &current).await.unwrap(),
+        monitor::complete(&pool, "second", &current).await.unwrap(),
         0,
         "recorded once"
     );
@@ -801,7 +804,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
 /// taken in leaves the inbox. Until then it counts as pending, once.
 #[tokio::test]
 async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
-    use audit_alert::monitor::{self as queue, statements};
+    use audit_alert::monitor::{self, statements};
 
     let db = TestDb::new().await;
     db.migrate().await;
@@ -853,27 +856,27 @@ async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
 
     // Reported and not yet taken in counts as pending, each alert once.
     let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
-    let counts = queue::count_by_status(&pool).await.unwrap();
+    let counts = monitor::count_by_status(&pool).await.unwrap();
     assert_eq!(
         (
-            counts[&queue::AlertStatus::Pending],
-            counts[&queue::AlertStatus::Sent]
+            counts[&monitor::AlertStatus::Pending],
+            counts[&monitor::AlertStatus::Sent]
         ),
         (1, 1),
         "{counts:?}"
     );
 
-    let admit = queue::intake_pool(&db.config().database).unwrap();
+    let intake = monitor::intake_pool(&db.config().database).unwrap();
     // Those taken are deleted by their place, not by testing every row.
-    let nodes = plan_nodes(&admit, statements::TAKE_IN, &[&queue::TAKE_IN_BATCH]).await;
+    let nodes = plan_nodes(&intake, statements::TAKE_IN, &[&monitor::TAKE_IN_BATCH]).await;
     let deleted_by: Vec<_> = nodes
         .iter()
         .filter(|n| n["Alias"] == "alert_inbox_1" && n["Node Type"] != "ModifyTable")
         .map(|n| n["Node Type"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(deleted_by, ["Tid Scan"], "{nodes:?}");
-    assert_eq!(queue::take_in(&admit).await.unwrap(), (3, 1));
-    assert_eq!(queue::take_in(&admit).await.unwrap(), (0, 0));
+    assert_eq!(monitor::take_in(&intake).await.unwrap(), (3, 1));
+    assert_eq!(monitor::take_in(&intake).await.unwrap(), (0, 0));
     assert_eq!((inbox(twice).await, inbox(earlier).await), (0, 0));
     let alerts: Vec<(String, String)> = client
         .query(
@@ -925,7 +928,7 @@ async fn the_inbox_is_vacuumed_after_a_burst() {
 /// report is held by a lock so that taking in skips it.
 #[tokio::test]
 async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
-    use audit_alert::monitor::{self as queue, Snapshot};
+    use audit_alert::monitor::{self, Snapshot};
 
     let db = TestDb::new().await;
     db.migrate().await;
@@ -939,9 +942,9 @@ async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
         .unwrap();
 
     let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
-    let admit = queue::intake_pool(&db.config().database).unwrap();
+    let intake = monitor::intake_pool(&db.config().database).unwrap();
     let snapshot = Snapshot::load(&pool, None).await.unwrap();
-    let report = queue::sweep(&pool, &admit, &snapshot.tables, true)
+    let report = monitor::sweep(&pool, &intake, &snapshot.tables, true)
         .await
         .unwrap();
     assert_eq!(report.found, 1, "only the row no trigger reported");
@@ -958,5 +961,5 @@ async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
     assert_eq!(recorded, [reported.to_string(), bypassed.to_string()]);
 
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(queue::take_in(&admit).await.unwrap(), (1, 0));
+    assert_eq!(monitor::take_in(&intake).await.unwrap(), (1, 0));
 }
