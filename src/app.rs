@@ -84,9 +84,15 @@ impl App {
         let (audit, audit_writer) = writer::start(
             pool.clone(),
             config.audit_queue_capacity,
+            secrets.clone(),
             audit_stop.clone(),
         );
-        tasks.spawn(purge_loop(pool.clone(), worker.clone(), shutdown.clone()));
+        tasks.spawn(purge_loop(
+            pool.clone(),
+            worker.clone(),
+            secrets.clone(),
+            shutdown.clone(),
+        ));
         let routes = api::routes(
             AppState {
                 pool: pool.clone(),
@@ -174,10 +180,15 @@ impl App {
 }
 
 /// Purges audit-log entries past their retention, at start and then daily.
-async fn purge_loop(pool: Pool, worker: Worker, shutdown: CancellationToken) {
+async fn purge_loop(
+    pool: Pool,
+    worker: Worker,
+    secrets: Option<SecretBox>,
+    shutdown: CancellationToken,
+) {
     loop {
         let days = worker.snapshot().switches.audit_retention_days;
-        match writer::purge(&pool, days).await {
+        match writer::purge(&pool, days, secrets.as_ref()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, days, "audit log retention purge"),
             Err(e) => tracing::warn!(error = format!("{e:#}"), "audit log retention purge failed"),

@@ -33,6 +33,13 @@ const NONCE_LEN: usize = 24;
 pub const KEY_HINT: &str =
     "set SECRET_KEY to 32 random bytes in base64, e.g. the output of `openssl rand -base64 32`";
 
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
     #[error("SECRET_KEY: not 32 bytes of base64 ({KEY_HINT})")]
@@ -41,9 +48,19 @@ pub enum CryptoError {
     Undecryptable,
 }
 
-/// A cipher built from `SECRET_KEY`. `Debug` prints nothing of the key.
+/// A cipher built from `SECRET_KEY`, and the key that signs audit-log
+/// checkpoints, derived from it. `Debug` prints nothing of either.
 #[derive(Clone)]
-pub struct SecretBox(XChaCha20Poly1305);
+pub struct SecretBox {
+    cipher: XChaCha20Poly1305,
+    signing: [u8; 32],
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Separates the signing key from the encryption key: both come from
+/// `SECRET_KEY`, and neither reveals the other.
+const SIGNING_KEY_LABEL: &[u8] = b"audit-alert audit-log checkpoints v1";
 
 impl std::fmt::Debug for SecretBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,13 +74,30 @@ impl SecretBox {
             .decode(key.expose().trim())
             .map_err(|_| CryptoError::BadKey)?;
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
-        Ok(Self(cipher))
+        Ok(Self {
+            cipher,
+            signing: hmac_sha256(&bytes, SIGNING_KEY_LABEL),
+        })
+    }
+
+    /// HMAC-SHA256 of `message` under the checkpoint signing key.
+    pub fn sign(&self, message: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.signing, message)
+    }
+
+    /// Whether `signature` is [`SecretBox::sign`]'s of `message`, compared in
+    /// constant time.
+    pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
+        use hmac::{KeyInit, Mac};
+        let mut mac = HmacSha256::new_from_slice(&self.signing).expect("any key length");
+        mac.update(message);
+        mac.verify_slice(signature).is_ok()
     }
 
     pub fn encrypt(&self, plaintext: &str) -> String {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let ciphertext = self
-            .0
+            .cipher
             .encrypt(&nonce, plaintext.as_bytes())
             .expect("encryption into a Vec does not fail");
         let mut out = nonce.to_vec();
@@ -79,7 +113,7 @@ impl SecretBox {
             .ok_or(CryptoError::Undecryptable)?;
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
         let plain = self
-            .0
+            .cipher
             .decrypt(XNonce::from_slice(nonce), ciphertext)
             .map_err(|_| CryptoError::Undecryptable)?;
         String::from_utf8(plain)

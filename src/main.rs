@@ -42,7 +42,44 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// The operation audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
 }
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that no entry was changed, inserted or removed: one line and
+    /// exit 0 when the log verifies; otherwise the first entry found wrong
+    /// and exit 3. Checkpoint signatures are checked with SECRET_KEY.
+    Verify {
+        /// Only entries from this time on: RFC 3339 (2026-12-01T00:00:00Z)
+        /// or an age (24h, 7d).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only entries before this time (same forms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+/// RFC 3339, or an age before now (`humantime`: 24h, 7d).
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|_| format!("'{s}' is neither an RFC 3339 time nor an age like 24h or 7d"))?;
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| format!("'{s}' reaches too far back"))
+}
+
+/// Exit code when the audit log does not verify.
+const EXIT_TAMPERED: u8 = 3;
 
 #[derive(Subcommand)]
 enum TokenCommand {
@@ -99,18 +136,28 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, &format!("cannot start the async runtime: {e}")),
     };
-    let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
+    runtime.block_on(async {
+        let result = match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => app::prepare_database(&config).await.map(|_| ()),
             Command::Token { action } => token(&config, action).await,
+            Command::Audit {
+                action: AuditCommand::Verify { since, until },
+            } => return audit_verify(&config, since, until).await,
             Command::Check => check(&config).await,
             _ => serve(&config).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail_start(&e),
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ app::StartError::Config(_)) => fail(EXIT_CONFIG, &e),
-        Err(e) => fail(1, &e),
+    })
+}
+
+/// A start error's line, with the exit code of its kind.
+fn fail_start(e: &app::StartError) -> ExitCode {
+    match e {
+        app::StartError::Config(_) => fail(EXIT_CONFIG, e),
+        _ => fail(1, e),
     }
 }
 
@@ -162,6 +209,28 @@ async fn token(config: &Config, action: TokenCommand) -> Result<(), app::StartEr
         }
     }
     Ok(())
+}
+
+async fn audit_verify(
+    config: &Config,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> ExitCode {
+    let verified = async {
+        let (pool, _) = app::prepare_database(config).await?;
+        audit_alert::audit_log::verify::verify(&pool, config.secrets.as_ref(), since, until)
+            .await
+            .map_err(app::StartError::from)
+    }
+    .await;
+    match verified {
+        Ok(Ok(summary)) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(tampering)) => fail(EXIT_TAMPERED, &format!("audit log: {tampering}")),
+        Err(e) => fail_start(&e),
+    }
 }
 
 async fn check(config: &Config) -> Result<(), app::StartError> {

@@ -31,7 +31,9 @@ fn entry(i: usize) -> Entry {
         operation_result: "0",
         error_msg: None,
         duration_ms: 1,
+        link: None,
     }
+    .storable()
 }
 
 /// Requests per second and p99 latency (ms) wrk measured, or None when wrk is missing.
@@ -85,7 +87,12 @@ pub async fn enqueue_and_writer(
     let pool = audit_alert::db::pool(&db.config().database, 4).unwrap();
     let n = 200_000;
     let stop = CancellationToken::new();
-    let (queue, task) = writer::start(pool.clone(), n, stop.clone());
+    // Hashed, chained and signed, as the service writes.
+    let secrets = audit_alert::crypto::SecretBox::from_key(&audit_alert::crypto::Secret::new(
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    ))
+    .ok();
+    let (queue, task) = writer::start(pool.clone(), n, secrets.clone(), stop.clone());
     let entries: Vec<Entry> = (0..n).map(entry).collect();
     let mut costs = Vec::with_capacity(n);
     let started = Instant::now();
@@ -117,6 +124,20 @@ pub async fn enqueue_and_writer(
     }
     stop.cancel();
     task.await.unwrap();
+    if writer {
+        // Verifying what was written: every hash, link and checkpoint.
+        let started = Instant::now();
+        let summary = audit_alert::audit_log::verify::verify(&pool, secrets.as_ref(), None, None)
+            .await
+            .unwrap()
+            .expect("the log verifies");
+        let rate = summary.entries as f64 / started.elapsed().as_secs_f64();
+        rows.push((
+            format!("audit verify, {} entries", summary.entries),
+            format!("{rate:.0} entries/s"),
+        ));
+        results.insert("verify_entries_per_s".into(), json!(rate));
+    }
 }
 
 /// API throughput, auditing on and off, alternated.

@@ -26,10 +26,14 @@
 //!   nothing, the least any row trigger costs.
 //! - `sweep`: an idle sweep on large tables, at each size.
 //! - `enqueue`: audit-log enqueue cost on the request path.
-//! - `writer`: audit-log writer throughput (one run measures `enqueue` and
-//!   `writer` together).
+//! - `writer`: audit-log writer throughput, hashing, chaining and signing,
+//!   then the throughput of verifying what it wrote (one run measures
+//!   `enqueue` and `writer` together).
 //! - `api`: req/s and p99 of a read and a write call, auditing on and off
 //!   (wrk, medians of three alternated runs; skipped without wrk).
+//! - `export`: the audit-log export streamed over HTTP, CSV and JSON Lines,
+//!   to a sink that counts bytes: entries/s and the process's peak RSS growth
+//!   during each export.
 //!
 //! Knobs (environment, defaults in brackets):
 //!
@@ -45,12 +49,14 @@
 //! - `BENCH_SWEEP_ROWS`: table sizes of `sweep`, comma-separated
 //!   [1000000,10000000]
 //! - `BENCH_WRK_SECONDS`: length of each wrk run of `api` [5]
+//! - `BENCH_EXPORT_ROWS`: audit-log entries of `export` [1000000]
 
 #[allow(dead_code)]
 #[path = "../../tests/it/helpers.rs"]
 mod helpers;
 
 mod audit;
+mod export;
 mod pipeline;
 
 use serde_json::json;
@@ -61,8 +67,8 @@ pub type Results = serde_json::Map<String, serde_json::Value>;
 pub type Rows = Vec<(String, String)>;
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 8] = [
-    "latency", "polling", "burst", "trigger", "sweep", "enqueue", "writer", "api",
+const PARTS: [&str; 9] = [
+    "latency", "polling", "burst", "trigger", "sweep", "enqueue", "writer", "api", "export",
 ];
 
 pub fn env_num(name: &str, default: u64) -> u64 {
@@ -139,6 +145,9 @@ async fn main() {
     }
     if run("api") {
         audit::api(&mut results, &mut rows).await;
+    }
+    if run("export") {
+        export::export(&mut results, &mut rows).await;
     }
 
     // What NOTIFY buys: delivery by polling against delivery on notification.

@@ -228,6 +228,7 @@ pub async fn gate<E: Endpoint>(
             operation_result: if failed { "1" } else { "0" },
             error_msg,
             duration_ms: started.elapsed().as_millis().min(i32::MAX as u128) as i32,
+            link: None,
         }
         .storable(),
     );

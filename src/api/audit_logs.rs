@@ -66,9 +66,10 @@ const COLUMNS: &str =
      request_params::text, response_result::text, operation_url, operation_method, operation_desc,
      operation_result, error_msg, duration_ms";
 
-/// Stored JSON as the API shows it. `jsonb` keeps numbers serde_json cannot
-/// read back (1.7976931348623157e308 returns as 309 digits); such a value is
-/// shown as the text PostgreSQL returned instead of failing the read.
+/// Stored JSON as the API shows it. `jsonb` returns numbers in its own
+/// spelling (1.7976931348623157e308 as 309 digits), which serde_json reads
+/// back with round-trip precision; anything it could not read is shown as the
+/// text PostgreSQL returned instead of failing the read.
 fn stored_json(r: &Row, column: usize) -> Option<serde_json::Value> {
     r.get::<_, Option<String>>(column)
         .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
@@ -94,6 +95,64 @@ fn to_entry(r: &Row) -> AuditLogEntry {
         },
         error_msg: r.get(12),
         duration_ms: r.get(13),
+    }
+}
+
+/// What the list and the export filter on: their shared query parameters.
+pub(super) struct AuditFilter {
+    operator_id: Option<String>,
+    org_id: Option<String>,
+    result: Option<&'static str>,
+    method: Option<String>,
+    text: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl AuditFilter {
+    /// The condition on `audit_log`; `$1…$7` are [`Self::params`].
+    pub(super) const SQL: &'static str = "($1::text IS NULL OR operator_id = $1) AND ($2::text IS NULL OR operator_org_id = $2)
+            AND ($3::text IS NULL OR operation_result = $3) AND ($4::text IS NULL OR operation_method = upper($4))
+            AND ($5::text IS NULL OR operation_url ILIKE '%' || $5 || '%' OR operation_desc ILIKE '%' || $5 || '%')
+            AND ($6::timestamptz IS NULL OR operation_time >= $6) AND ($7::timestamptz IS NULL OR operation_time < $7)";
+
+    pub(super) fn new(
+        operator_id: Option<String>,
+        org_id: Option<String>,
+        result: Option<OperationResult>,
+        method: Option<String>,
+        text: Option<String>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Self {
+        let result = result.map(|r| {
+            if r == OperationResult::Success {
+                "0"
+            } else {
+                "1"
+            }
+        });
+        Self {
+            operator_id,
+            org_id,
+            result,
+            method,
+            text,
+            from,
+            to,
+        }
+    }
+
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.operator_id,
+            &self.org_id,
+            &self.result,
+            &self.method,
+            &self.text,
+            &self.from,
+            &self.to,
+        ]
     }
 }
 
@@ -139,30 +198,20 @@ impl AuditLogsApi {
         )]
         page_size: Query<u32>,
     ) -> ApiResult<Json<Page<AuditLogEntry>>> {
-        let filter = "($1::text IS NULL OR operator_id = $1) AND ($2::text IS NULL OR operator_org_id = $2)
-            AND ($3::text IS NULL OR operation_result = $3) AND ($4::text IS NULL OR operation_method = upper($4))
-            AND ($5::text IS NULL OR operation_url ILIKE '%' || $5 || '%' OR operation_desc ILIKE '%' || $5 || '%')
-            AND ($6::timestamptz IS NULL OR operation_time >= $6) AND ($7::timestamptz IS NULL OR operation_time < $7)";
-        let result = result.0.map(|r| {
-            if r == OperationResult::Success {
-                "0"
-            } else {
-                "1"
-            }
-        });
+        let filter = AuditFilter::new(
+            operator_id.0,
+            org_id.0,
+            result.0,
+            method.0,
+            text.0,
+            from.0,
+            to.0,
+        );
         let query = ListQuery {
             table: "audit_log",
             columns: COLUMNS,
-            filter,
-            params: &[
-                &operator_id.0,
-                &org_id.0,
-                &result,
-                &method.0,
-                &text.0,
-                &from.0,
-                &to.0,
-            ],
+            filter: AuditFilter::SQL,
+            params: &filter.params(),
             order: "audit_id DESC",
         };
         list_page(&state, query, page.0, page_size.0, to_entry)

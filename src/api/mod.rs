@@ -3,7 +3,9 @@
 
 mod alerts;
 mod audit;
+mod audit_export;
 mod audit_logs;
+mod audit_verify;
 mod auth;
 mod body_errors;
 mod error;
@@ -306,6 +308,8 @@ api_modules!(
     alerts::AlertsApi,
     auth::AuthApi,
     audit_logs::AuditLogsApi,
+    audit_verify::AuditVerifyApi,
+    audit_export::AuditExportApi,
 );
 
 /// The OpenAPI document `openapi/openapi.json` must equal.

@@ -6,7 +6,9 @@
 //! handler contains audit code. A test walks the spec so that an operation
 //! without a declaration cannot be added by accident.
 
+pub mod chain;
 pub mod mask;
+pub mod verify;
 pub mod writer;
 
 use mask::Strategy;

@@ -391,7 +391,7 @@ async fn the_audit_log_is_append_only_but_for_the_retention_purge() {
     .await
     .unwrap();
     assert_eq!(
-        audit_alert::audit_log::writer::purge(app.pool(), 180)
+        audit_alert::audit_log::writer::purge(app.pool(), 180, None)
             .await
             .unwrap(),
         1
@@ -457,7 +457,8 @@ async fn awkward_input_is_audited_and_read_back() {
     assert_eq!(listed.status(), 200);
     let listed: serde_json::Value = listed.json().await.unwrap();
     let text = listed.to_string();
-    assert!(text.contains("1797693134862315"), "{text}");
+    // Read back whole, as the number it was.
+    assert!(text.contains("1.7976931348623157e+308"), "{text}");
     assert!(text.contains("x\u{FFFD}y"), "{text}");
     app.stop().await;
 }

@@ -3,6 +3,8 @@
 
 mod api;
 mod audit;
+mod audit_chain;
+mod audit_export;
 mod auth;
 mod client;
 mod docs;

@@ -1,0 +1,168 @@
+//! The hash chain of the audit log: the canonical form of an entry, its
+//! hash, a chain's genesis, and the signed forms of checkpoints and cuts.
+//!
+//! Canonical form: the JSON object of every stored column but the two
+//! hashes (`audit_id`, `chain_id` as a hyphenated uuid, `chain_seq`,
+//! `duration_ms`, `error_msg`, `operation_desc`, `operation_ip`,
+//! `operation_method`, `operation_result`, `operation_time` as RFC 3339 UTC
+//! with microseconds, `operation_url`, `operator_id`, `operator_org_id`,
+//! `request_params`, `response_result`, `role_id`; absent values `null`),
+//! serialized by RFC 8785 (JSON Canonicalization Scheme). An entry's hash is
+//! SHA-256 of the hash before it (32 bytes) followed by that serialization.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub type Hash = [u8; 32];
+
+/// An entry's place in its chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub chain_id: Uuid,
+    pub seq: i64,
+    pub prev: Hash,
+    pub hash: Hash,
+}
+
+/// The stored columns of an entry, borrowed, in the shape that is hashed.
+#[derive(Serialize)]
+pub struct Canonical<'a> {
+    pub audit_id: &'a str,
+    pub chain_id: Uuid,
+    pub chain_seq: i64,
+    pub duration_ms: i32,
+    pub error_msg: Option<&'a str>,
+    pub operation_desc: &'a str,
+    pub operation_ip: Option<&'a str>,
+    pub operation_method: &'a str,
+    pub operation_result: &'a str,
+    #[serde(serialize_with = "micros")]
+    pub operation_time: DateTime<Utc>,
+    pub operation_url: &'a str,
+    pub operator_id: Option<&'a str>,
+    pub operator_org_id: Option<&'a str>,
+    pub request_params: Option<&'a Value>,
+    pub response_result: Option<&'a Value>,
+    pub role_id: Option<&'a str>,
+}
+
+fn micros<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+impl Canonical<'_> {
+    /// SHA-256 of `prev` followed by the canonical serialization.
+    pub fn hash(&self, prev: &Hash) -> Hash {
+        let bytes = serde_json_canonicalizer::to_vec(self).expect("an entry serializes");
+        let mut hasher = Sha256::new();
+        hasher.update(prev);
+        hasher.update(&bytes);
+        hasher.finalize().into()
+    }
+}
+
+/// What a chain's first entry names as the hash before it.
+pub fn genesis(chain_id: Uuid) -> Hash {
+    Sha256::digest(format!("audit-alert audit-log chain {chain_id}")).into()
+}
+
+/// The signed statement of a checkpoint: chain `chain_id` had `seq` entries,
+/// the last of them hashing to `head`, at `signed_at`.
+pub fn checkpoint_message(
+    chain_id: Uuid,
+    seq: i64,
+    head: &Hash,
+    signed_at: DateTime<Utc>,
+) -> Vec<u8> {
+    statement(&serde_json::json!({
+        "kind": "checkpoint",
+        "chain_id": chain_id,
+        "chain_seq": seq,
+        "head_hash": hex(head),
+        "signed_at": signed_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+    }))
+}
+
+/// The signed statement of a retention purge: chain `chain_id` now starts at
+/// `first_seq`, whose entry names `first_prev` as the hash before it.
+pub fn cut_message(chain_id: Uuid, first_seq: i64, first_prev: &Hash) -> Vec<u8> {
+    statement(&serde_json::json!({
+        "kind": "cut",
+        "chain_id": chain_id,
+        "first_seq": first_seq,
+        "first_prev": hex(first_prev),
+    }))
+}
+
+fn statement(v: &Value) -> Vec<u8> {
+    serde_json_canonicalizer::to_vec(v).expect("a statement serializes")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stored hash as one; `None` when it is not 32 bytes.
+pub fn hash_of(bytes: &[u8]) -> Option<Hash> {
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(params: &'a Value) -> Canonical<'a> {
+        Canonical {
+            audit_id: "0190f3c2a1b27c3d8e9f0a1b2c3d4e5f",
+            chain_id: Uuid::nil(),
+            chain_seq: 1,
+            duration_ms: 3,
+            error_msg: None,
+            operation_desc: "新增收件人",
+            operation_ip: Some("10.0.0.1"),
+            operation_method: "POST",
+            operation_result: "0",
+            operation_time: DateTime::parse_from_rfc3339("2026-12-03T02:04:14.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            operation_url: "/api/config/recipients",
+            operator_id: Some("alice"),
+            operator_org_id: None,
+            request_params: Some(params),
+            response_result: None,
+            role_id: Some("admin"),
+        }
+    }
+
+    #[test]
+    fn the_canonical_form_is_byte_exact_whatever_the_key_order_or_number_spelling() {
+        let a: Value =
+            serde_json::from_str(r#"{"body":{"name":"张*","n":1.50},"path":"/x"}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"path":"/x","body":{"n":1.5,"name":"张*"}}"#).unwrap();
+        let bytes = serde_json_canonicalizer::to_string(&entry(&a)).unwrap();
+        assert_eq!(
+            bytes,
+            serde_json_canonicalizer::to_string(&entry(&b)).unwrap()
+        );
+        assert!(bytes.starts_with(r#"{"audit_id":"0190f3c2a1b27c3d8e9f0a1b2c3d4e5f","chain_id":"00000000-0000-0000-0000-000000000000","chain_seq":1,"duration_ms":3,"error_msg":null,"#), "{bytes}");
+        assert!(
+            bytes.contains(r#""operation_time":"2026-12-03T02:04:14.123456Z""#),
+            "{bytes}"
+        );
+        assert!(
+            bytes.contains(r#""request_params":{"body":{"n":1.5,"name":"张*"},"path":"/x"}"#),
+            "{bytes}"
+        );
+        let genesis = genesis(Uuid::nil());
+        assert_eq!(entry(&a).hash(&genesis), entry(&b).hash(&genesis));
+        assert_ne!(
+            entry(&a).hash(&genesis),
+            entry(&a).hash(&[0; 32]),
+            "the hash before counts"
+        );
+    }
+}
