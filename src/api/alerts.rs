@@ -225,8 +225,10 @@ impl AlertsApi {
         state.worker.reload().await?;
         match monitor::resend(&state.pool, id.0).await? {
             Resend::Queued => {
+                // Read as re-queued, then let delivery take it.
+                let alert = read_alert(&state, id.0).await;
                 state.worker.wake();
-                read_alert(&state, id.0).await.map(Json)
+                alert.map(Json)
             }
             Resend::Missing => Err(not_found(id.0)),
             Resend::NotResendable(status) => Err(ApiError::conflict(
