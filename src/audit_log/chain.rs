@@ -44,9 +44,25 @@ pub struct Canonical<'a> {
     pub operation_url: &'a str,
     pub operator_id: Option<&'a str>,
     pub operator_org_id: Option<&'a str>,
+    #[serde(serialize_with = "canonical_json")]
     pub request_params: Option<&'a Value>,
+    #[serde(serialize_with = "canonical_json")]
     pub response_result: Option<&'a Value>,
     pub role_id: Option<&'a str>,
+}
+
+/// A stored JSON value in its RFC 8785 form (keys sorted, numbers as
+/// ECMAScript prints them), by the crate that implements the RFC.
+fn canonical_json<S: serde::Serializer>(v: &Option<&Value>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        None => s.serialize_none(),
+        Some(v) => {
+            let text = serde_json_canonicalizer::to_string(v).map_err(serde::ser::Error::custom)?;
+            let raw = serde_json::value::RawValue::from_string(text)
+                .map_err(serde::ser::Error::custom)?;
+            raw.serialize(s)
+        }
+    }
 }
 
 fn micros<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -54,9 +70,18 @@ fn micros<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Err
 }
 
 impl Canonical<'_> {
+    /// The RFC 8785 serialization. The fields are declared in the RFC's key
+    /// order, hold only strings, integers and nulls at the top (which plain
+    /// JSON writes as the RFC does), and the JSON values within are written
+    /// by the RFC's implementation; a test holds this equal to the crate's
+    /// serialization of the whole.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an entry serializes")
+    }
+
     /// SHA-256 of `prev` followed by the canonical serialization.
     pub fn hash(&self, prev: &Hash) -> Hash {
-        let bytes = serde_json_canonicalizer::to_vec(self).expect("an entry serializes");
+        let bytes = self.to_vec();
         let mut hasher = Sha256::new();
         hasher.update(prev);
         hasher.update(&bytes);
@@ -137,16 +162,44 @@ mod tests {
         }
     }
 
+    /// The entry as one JSON value, for the crate to serialize whole.
+    fn whole(c: &Canonical<'_>) -> Value {
+        serde_json::json!({
+            "audit_id": c.audit_id, "chain_id": c.chain_id, "chain_seq": c.chain_seq,
+            "duration_ms": c.duration_ms, "error_msg": c.error_msg,
+            "operation_desc": c.operation_desc, "operation_ip": c.operation_ip,
+            "operation_method": c.operation_method, "operation_result": c.operation_result,
+            "operation_time": c.operation_time.to_rfc3339_opts(SecondsFormat::Micros, true),
+            "operation_url": c.operation_url, "operator_id": c.operator_id,
+            "operator_org_id": c.operator_org_id, "request_params": c.request_params,
+            "response_result": c.response_result, "role_id": c.role_id,
+        })
+    }
+
     #[test]
     fn the_canonical_form_is_byte_exact_whatever_the_key_order_or_number_spelling() {
         let a: Value =
             serde_json::from_str(r#"{"body":{"name":"张*","n":1.50},"path":"/x"}"#).unwrap();
         let b: Value =
             serde_json::from_str(r#"{"path":"/x","body":{"n":1.5,"name":"张*"}}"#).unwrap();
-        let bytes = serde_json_canonicalizer::to_string(&entry(&a)).unwrap();
+        let bytes = serde_json_canonicalizer::to_string(&whole(&entry(&a))).unwrap();
         assert_eq!(
             bytes,
-            serde_json_canonicalizer::to_string(&entry(&b)).unwrap()
+            serde_json_canonicalizer::to_string(&whole(&entry(&b))).unwrap()
+        );
+        assert_eq!(
+            bytes.as_bytes(),
+            entry(&a).to_vec(),
+            "the fast form is the RFC's"
+        );
+        assert_eq!(bytes.as_bytes(), entry(&b).to_vec());
+        let awkward: Value = serde_json::from_str(
+            r#"{"é":1e21,"a\u001fb":[0.1,-0,1.7976931348623157e308,"\u2028"],"B":{"z":null,"a":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json_canonicalizer::to_vec(&whole(&entry(&awkward))).unwrap(),
+            entry(&awkward).to_vec()
         );
         assert!(bytes.starts_with(r#"{"audit_id":"0190f3c2a1b27c3d8e9f0a1b2c3d4e5f","chain_id":"00000000-0000-0000-0000-000000000000","chain_seq":1,"duration_ms":3,"error_msg":null,"#), "{bytes}");
         assert!(
