@@ -85,6 +85,7 @@ impl App {
             pool.clone(),
             config.audit_queue_capacity,
             secrets.clone(),
+            config.audit_checkpoint_every,
             audit_stop.clone(),
         );
         tasks.spawn(purge_loop(

@@ -33,6 +33,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// Audit-log entries that may wait to be written (`AUDIT_QUEUE_CAPACITY`).
     pub audit_queue_capacity: usize,
+    /// How often the head of the audit-log chain is signed while entries
+    /// arrive (`AUDIT_CHECKPOINT_SECONDS`).
+    pub audit_checkpoint_every: std::time::Duration,
     /// Always true from the environment; the benchmarks turn it off to
     /// measure what auditing costs.
     pub audit_enabled: bool,
@@ -151,6 +154,21 @@ impl Config {
                         ConfigError::new(
                             "AUDIT_QUEUE_CAPACITY",
                             format!("'{v}' is not a whole number from 1 to 10000000"),
+                        )
+                    })?,
+            },
+            audit_checkpoint_every: match get("AUDIT_CHECKPOINT_SECONDS") {
+                None => std::time::Duration::from_secs(60),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=3600).contains(n))
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "AUDIT_CHECKPOINT_SECONDS",
+                            format!("'{v}' is not a whole number from 1 to 3600"),
                         )
                     })?,
             },

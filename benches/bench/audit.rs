@@ -92,7 +92,13 @@ pub async fn enqueue_and_writer(
         "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
     ))
     .ok();
-    let (queue, task) = writer::start(pool.clone(), n, secrets.clone(), stop.clone());
+    let (queue, task) = writer::start(
+        pool.clone(),
+        n,
+        secrets.clone(),
+        Duration::from_secs(60),
+        stop.clone(),
+    );
     let entries: Vec<Entry> = (0..n).map(entry).collect();
     let mut costs = Vec::with_capacity(n);
     let started = Instant::now();

@@ -6,8 +6,9 @@
 //! The writer keeps this copy's hash chain (see `chain`): each entry gets its
 //! place and hashes when it joins a batch, so that a batch written again after
 //! a failure is the same; the chain's genesis is recorded with its first
-//! batch, and its head is signed into `audit_checkpoints` (and the log) every
-//! [`CHECKPOINT_EVERY`] while entries arrive, and when the writer stops.
+//! batch, and its head is signed into `audit_checkpoints` (and the log) at
+//! most every `AUDIT_CHECKPOINT_SECONDS` (60) while entries arrive, once more that long
+//! after the last of them, and when the writer stops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,8 +32,6 @@ const BATCH: usize = 1000;
 const LINGER: Duration = Duration::from_millis(20);
 /// Advisory lock class for the daily retention purge.
 const PURGE_LOCK: i64 = 0x6175_6469_745f_7072;
-/// How often the head of the chain is signed while entries arrive.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 /// One audited call.
 #[derive(Clone, Debug, Serialize)]
@@ -186,11 +185,13 @@ struct Chain {
     /// The last signed place, and when.
     signed_seq: i64,
     signed_at: Instant,
+    /// How often the head is signed while entries arrive.
+    every: Duration,
     secrets: Option<SecretBox>,
 }
 
 impl Chain {
-    fn new(secrets: Option<SecretBox>) -> Self {
+    fn new(secrets: Option<SecretBox>, every: Duration) -> Self {
         let id = Uuid::now_v7();
         Self {
             id,
@@ -199,8 +200,19 @@ impl Chain {
             recorded: false,
             signed_seq: 0,
             signed_at: Instant::now(),
+            every,
             secrets,
         }
+    }
+
+    /// Whether written entries wait for a signature (with no batch pending).
+    fn has_unsigned(&self) -> bool {
+        self.recorded && self.next_seq - 1 > self.signed_seq
+    }
+
+    /// How long until a checkpoint is due.
+    fn until_due(&self) -> Duration {
+        self.every.saturating_sub(self.signed_at.elapsed())
     }
 
     /// Gives the entries of `batch` that have none their place and hashes.
@@ -235,7 +247,7 @@ impl Chain {
         let Some((seq, head)) = self.written_head(batch) else {
             return;
         };
-        if seq == self.signed_seq || (!now && self.signed_at.elapsed() < CHECKPOINT_EVERY) {
+        if seq == self.signed_seq || (!now && self.signed_at.elapsed() < self.every) {
             return;
         }
         let signed_at = Utc::now().trunc_subsecs(6);
@@ -265,18 +277,24 @@ impl Chain {
                     "audit log checkpoint"
                 );
             }
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "audit log checkpoint not stored"),
+            Err(e) => {
+                // Tried again after another interval, not at once.
+                self.signed_at = Instant::now();
+                tracing::warn!(error = format!("{e:#}"), "audit log checkpoint not stored");
+            }
         }
     }
 }
 
 /// Starts the writer; after `shutdown` it writes what is queued, signs the
 /// head of its chain, then exits. Cancel it only once nothing can enqueue
-/// any more (the server has stopped). `secrets` sign the checkpoints.
+/// any more (the server has stopped). `secrets` sign the checkpoints, at
+/// most every `checkpoint_every` while entries arrive.
 pub fn start(
     pool: Pool,
     capacity: usize,
     secrets: Option<SecretBox>,
+    checkpoint_every: Duration,
     shutdown: CancellationToken,
 ) -> (AuditQueue, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(capacity);
@@ -286,7 +304,13 @@ pub fn start(
         capacity,
         stats: stats.clone(),
     };
-    let task = tokio::spawn(run(pool, receiver, stats, Chain::new(secrets), shutdown));
+    let task = tokio::spawn(run(
+        pool,
+        receiver,
+        stats,
+        Chain::new(secrets, checkpoint_every),
+        shutdown,
+    ));
     (queue, task)
 }
 
@@ -314,6 +338,12 @@ async fn run(
                     if n < BATCH && !shutdown.is_cancelled() {
                         tokio::time::sleep(LINGER).await;
                     }
+                }
+                // Entries written since the last signature, and none
+                // arriving: sign them once the interval is over.
+                _ = tokio::time::sleep(chain.until_due()), if chain.has_unsigned() => {
+                    chain.checkpoint(&pool, &batch, false).await;
+                    continue;
                 }
             }
         } else if failures == 0 {

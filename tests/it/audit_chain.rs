@@ -229,7 +229,13 @@ async fn the_retention_purge_leaves_a_log_that_still_verifies() {
         .await
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let (queue, task) = writer::start(pool.clone(), 100, Some(secrets()), stop.clone());
+    let (queue, task) = writer::start(
+        pool.clone(),
+        100,
+        Some(secrets()),
+        std::time::Duration::from_secs(60),
+        stop.clone(),
+    );
     for n in 0..10 {
         let days_ago = if n < 4 { 400 } else { 0 };
         queue.reserve().unwrap().send(entry(days_ago, n));
@@ -301,5 +307,43 @@ async fn the_api_verifies_for_auditors() {
             .starts_with("audit log verified: "),
         "{body}"
     );
+    app.stop().await;
+}
+
+/// While a copy runs, the head of its chain is signed once entries stop
+/// arriving, without waiting for the copy to stop.
+#[tokio::test]
+async fn entries_are_signed_while_the_copy_runs() {
+    let db = TestDb::new().await;
+    let app = audit_alert::app::App::start(
+        &db.config_with(&[("SECRET_KEY", KEY), ("AUDIT_CHECKPOINT_SECONDS", "1")]),
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        raw(&app, "GET", "/api/config/recipients", None).await;
+    }
+    let client = db.client().await;
+    let signed: i64 = eventually("the two entries are signed", async || {
+        client
+            .query_opt(
+                "SELECT chain_seq FROM audit_checkpoints WHERE signature IS NOT NULL
+                  ORDER BY chain_seq DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i64>(0))
+            .filter(|seq| *seq >= 2)
+    })
+    .await;
+    assert_eq!(signed, 2);
+    // Cutting the tail now is caught although the copy never stopped.
+    let (code, _, err) = {
+        tamper(&db, "DELETE FROM audit_log WHERE chain_seq = 2").await;
+        verify_command(&db, &[])
+    };
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("a signed checkpoint counts 2"), "{err}");
     app.stop().await;
 }
