@@ -51,10 +51,16 @@ impl AlertStatus {
     }
 
     fn as_str(self) -> &'static str {
-        monitor::AlertStatus::ALL
-            .into_iter()
-            .find(|s| Self::of(*s) == self)
-            .map_or("pending", monitor::AlertStatus::as_str)
+        use monitor::AlertStatus as S;
+        match self {
+            Self::Pending => S::Pending,
+            Self::Sending => S::Sending,
+            Self::Sent => S::Sent,
+            Self::Failed => S::Failed,
+            Self::Suppressed => S::Suppressed,
+            Self::Baseline => S::Baseline,
+        }
+        .as_str()
     }
 
     fn parse(s: &str) -> Self {

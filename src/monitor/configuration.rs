@@ -58,16 +58,13 @@ impl Worker {
         self.load().await
     }
 
-    pub(super) async fn load(&self) -> anyhow::Result<()> {
-        // A load that started earlier may finish later; it must not replace
-        // what a later load (which saw more recent commits) stored.
-        let number = self.0.loads.fetch_add(1, Ordering::SeqCst) + 1;
+    /// Loads run one at a time (under `reloading`), so the newest load is
+    /// always the last one stored.
+    async fn load(&self) -> anyhow::Result<()> {
         let mut snapshot = Snapshot::load(&self.0.pool, self.0.secrets.as_ref()).await?;
         let (previous, snapshot) = {
             let mut current = self.0.snapshot.write().expect("snapshot lock");
-            if current.0 > number {
-                return Ok(());
-            }
+            let number = current.0 + 1;
             let mut mailer = self.0.mailer.lock().expect("mailer lock");
             *mailer = match snapshot.smtp.settings().cloned() {
                 None => None,

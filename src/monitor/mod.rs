@@ -96,8 +96,6 @@ struct Inner {
     // std locks: nothing awaits while they are held.
     /// The configuration and the number of the load it came from.
     snapshot: RwLock<(u64, Arc<Snapshot>)>,
-    /// Numbers configuration loads in the order they started.
-    loads: AtomicU64,
     mailer: Mutex<Option<Mailer>>,
     renderer: Renderer,
     wake: Notify,
@@ -141,7 +139,6 @@ impl Worker {
             db_config,
             id: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             snapshot: RwLock::default(),
-            loads: AtomicU64::new(0),
             mailer: Mutex::new(None),
             renderer: Renderer::default_templates(),
             wake: Notify::new(),
