@@ -131,15 +131,24 @@ pub async fn enqueue_and_writer(
     stop.cancel();
     task.await.unwrap();
     if writer {
-        // Verifying what was written: every hash, link and checkpoint.
-        let started = Instant::now();
-        let summary = audit_alert::audit_log::verify::verify(&pool, secrets.as_ref(), None, None)
-            .await
-            .unwrap()
-            .expect("the log verifies");
-        let rate = summary.entries as f64 / started.elapsed().as_secs_f64();
+        // Verifying what was written: every hash, link and checkpoint; the
+        // median of three runs.
+        let mut rates = Vec::new();
+        let mut entries = 0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let summary =
+                audit_alert::audit_log::verify::verify(&pool, secrets.as_ref(), None, None)
+                    .await
+                    .unwrap()
+                    .expect("the log verifies");
+            entries = summary.entries;
+            rates.push(entries as f64 / started.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        let rate = rates[1];
         rows.push((
-            format!("audit verify, {} entries", summary.entries),
+            format!("audit verify, {entries} entries, median of 3"),
             format!("{rate:.0} entries/s"),
         ));
         results.insert("verify_entries_per_s".into(), json!(rate));

@@ -27,8 +27,8 @@
 //! - `sweep`: an idle sweep on large tables, at each size.
 //! - `enqueue`: audit-log enqueue cost on the request path.
 //! - `writer`: audit-log writer throughput, hashing, chaining and signing,
-//!   then the throughput of verifying what it wrote (one run measures
-//!   `enqueue` and `writer` together).
+//!   then the throughput of verifying what it wrote, median of three (one
+//!   run measures `enqueue` and `writer` together).
 //! - `api`: req/s and p99 of a read and a write call, auditing on and off
 //!   (wrk, medians of three alternated runs; skipped without wrk).
 //! - `export`: the audit-log export streamed over HTTP, CSV and JSON Lines,

@@ -28,7 +28,6 @@ pub struct Link {
 }
 
 /// The stored columns of an entry, borrowed, in the shape that is hashed.
-#[derive(Serialize)]
 pub struct Canonical<'a> {
     pub audit_id: &'a str,
     pub chain_id: Uuid,
@@ -39,44 +38,67 @@ pub struct Canonical<'a> {
     pub operation_ip: Option<&'a str>,
     pub operation_method: &'a str,
     pub operation_result: &'a str,
-    #[serde(serialize_with = "micros")]
     pub operation_time: DateTime<Utc>,
     pub operation_url: &'a str,
     pub operator_id: Option<&'a str>,
     pub operator_org_id: Option<&'a str>,
-    #[serde(serialize_with = "canonical_json")]
     pub request_params: Option<&'a Value>,
-    #[serde(serialize_with = "canonical_json")]
     pub response_result: Option<&'a Value>,
     pub role_id: Option<&'a str>,
 }
 
-/// A stored JSON value in its RFC 8785 form (keys sorted, numbers as
-/// ECMAScript prints them), by the crate that implements the RFC.
-fn canonical_json<S: serde::Serializer>(v: &Option<&Value>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        None => s.serialize_none(),
-        Some(v) => {
-            let text = serde_json_canonicalizer::to_string(v).map_err(serde::ser::Error::custom)?;
-            let raw = serde_json::value::RawValue::from_string(text)
-                .map_err(serde::ser::Error::custom)?;
-            raw.serialize(s)
-        }
-    }
+/// Writes `,"name":`, or `{"name":` for the first member.
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.push(if out.is_empty() { b'{' } else { b',' });
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
-fn micros<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+/// Writes a member whose value plain JSON writes as the RFC does.
+fn member<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
+    key(out, name);
+    serde_json::to_writer(&mut *out, value).expect("a column serializes");
 }
 
 impl Canonical<'_> {
-    /// The RFC 8785 serialization. The fields are declared in the RFC's key
-    /// order, hold only strings, integers and nulls at the top (which plain
-    /// JSON writes as the RFC does), and the JSON values within are written
-    /// by the RFC's implementation; a test holds this equal to the crate's
-    /// serialization of the whole.
+    /// The RFC 8785 serialization. The members are written in the RFC's key
+    /// order (the names are ASCII), hold only strings, integers and nulls at
+    /// the top (which plain JSON writes as the RFC does), and the JSON values
+    /// within are written by the RFC's implementation; a test holds this
+    /// equal to the crate's serialization of the whole.
     pub fn to_vec(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an entry serializes")
+        let mut out = Vec::with_capacity(512);
+        member(&mut out, "audit_id", self.audit_id);
+        member(&mut out, "chain_id", &self.chain_id);
+        member(&mut out, "chain_seq", &self.chain_seq);
+        member(&mut out, "duration_ms", &self.duration_ms);
+        member(&mut out, "error_msg", &self.error_msg);
+        member(&mut out, "operation_desc", self.operation_desc);
+        member(&mut out, "operation_ip", &self.operation_ip);
+        member(&mut out, "operation_method", self.operation_method);
+        member(&mut out, "operation_result", self.operation_result);
+        let time = self
+            .operation_time
+            .to_rfc3339_opts(SecondsFormat::Micros, true);
+        member(&mut out, "operation_time", &time);
+        member(&mut out, "operation_url", self.operation_url);
+        member(&mut out, "operator_id", &self.operator_id);
+        member(&mut out, "operator_org_id", &self.operator_org_id);
+        for (name, value) in [
+            ("request_params", self.request_params),
+            ("response_result", self.response_result),
+        ] {
+            key(&mut out, name);
+            match value {
+                None => out.extend_from_slice(b"null"),
+                Some(v) => serde_json_canonicalizer::to_writer(v, &mut out)
+                    .expect("a stored JSON value serializes"),
+            }
+        }
+        member(&mut out, "role_id", &self.role_id);
+        out.push(b'}');
+        out
     }
 
     /// SHA-256 of `prev` followed by the canonical serialization.

@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{IsolationLevel, Row, Transaction};
 use uuid::Uuid;
 
 use super::chain::{self, Canonical, Hash};
@@ -132,7 +135,20 @@ pub async fn verify(
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Result<Summary, Tampering>> {
-    let client = crate::db::client(pool).await?;
+    let mut client = crate::db::client(pool).await?;
+    // One snapshot for the chains, the checkpoints and the entries; the sort
+    // of the entries in memory when it fits.
+    let client = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .context("Failed to start reading the audit log")?;
+    client
+        .batch_execute("SET LOCAL work_mem = '64MB'")
+        .await
+        .context("Failed to start reading the audit log")?;
     let starts = chain_starts(&client, secrets).await?;
     let starts = match starts {
         Ok(s) => s,
@@ -159,6 +175,154 @@ pub async fn verify(
         summary.unchained = found as u64;
     }
 
+    // Batches are read and hashed on blocking threads, several at once, while
+    // the next ones are read; the checks of order take them in the order read.
+    let (batches, hashed) = mpsc::channel::<JoinHandle<Vec<Read>>>(IN_FLIGHT);
+    let whole = since.is_none() && until.is_none();
+    let (reading, checked) = tokio::join!(
+        read(&client, since, until, batches),
+        in_order(hashed, &starts, &checkpoints, whole, summary)
+    );
+    // A failed read ends the batches early: it comes first.
+    reading.context("Failed to read the audit log")?;
+    checked
+}
+
+/// The checks of order over the entries read: each chain from its recorded
+/// start (or, for a time range, from its first entry in the range), each
+/// entry at its place and after the one before it, every checkpoint's head,
+/// and no chain shorter than its last checkpoint.
+async fn in_order(
+    mut hashed: mpsc::Receiver<JoinHandle<Vec<Read>>>,
+    starts: &HashMap<Uuid, Start>,
+    checkpoints: &HashMap<Uuid, BTreeMap<i64, Checkpoint>>,
+    whole: bool,
+    mut summary: Summary,
+) -> anyhow::Result<Result<Summary, Tampering>> {
+    // The chain being read: its id, the place and hash the next entry must have.
+    let mut current: Option<(Uuid, i64, Hash)> = None;
+    let mut seen_chains: Vec<Uuid> = Vec::new();
+    while let Some(batch) = hashed.recv().await {
+        for entry in batch.await.context("Failed to hash audit-log entries")? {
+            let Read {
+                audit_id,
+                time,
+                chain_id,
+                seq,
+                link,
+                intact,
+            } = entry;
+            let Some((prev, hash)) = link else {
+                return Ok(Err(Tampering::Changed {
+                    audit_id,
+                    chain_id,
+                    seq,
+                }));
+            };
+            if current.map_or(true, |(id, _, _)| id != chain_id) {
+                if let Some((id, next, _)) = current {
+                    if let Some(t) = truncated(checkpoints, id, next - 1, whole) {
+                        return Ok(Err(t));
+                    }
+                }
+                let Some(start) = starts.get(&chain_id) else {
+                    let why = format!("it names chain {chain_id}, which was never started");
+                    return Ok(Err(Tampering::Inserted { audit_id, why }));
+                };
+                seen_chains.push(chain_id);
+                current = Some(if whole {
+                    (chain_id, start.seq, start.prev)
+                } else {
+                    // A time range starts where it starts.
+                    (chain_id, seq, prev)
+                });
+            }
+            let (_, next, expected_prev) = current.expect("set above");
+            if seq < next {
+                let why = format!("a second entry at #{seq} of chain {chain_id}");
+                return Ok(Err(Tampering::Inserted { audit_id, why }));
+            }
+            if seq > next {
+                return Ok(Err(Tampering::Removed {
+                    chain_id,
+                    from: next,
+                    to: seq - 1,
+                }));
+            }
+            if !intact {
+                return Ok(Err(Tampering::Changed {
+                    audit_id,
+                    chain_id,
+                    seq,
+                }));
+            }
+            if prev != expected_prev {
+                let why = format!(
+                    "#{seq} of chain {chain_id} does not follow the entry before it (inserted there, or the chain was rewritten)"
+                );
+                return Ok(Err(Tampering::Inserted { audit_id, why }));
+            }
+            if let Some(cp) = checkpoints.get(&chain_id).and_then(|c| c.get(&seq)) {
+                if cp.head != hash {
+                    return Ok(Err(Tampering::Rewritten {
+                        chain_id,
+                        seq,
+                        audit_id,
+                    }));
+                }
+                summary.checkpoints += 1;
+            }
+            summary.entries += 1;
+            summary.first = Some(summary.first.map_or(time, |t| t.min(time)));
+            summary.last = Some(summary.last.map_or(time, |t| t.max(time)));
+            current = Some((chain_id, seq + 1, hash));
+        }
+    }
+    if let Some((id, next, _)) = current {
+        if let Some(t) = truncated(checkpoints, id, next - 1, whole) {
+            return Ok(Err(t));
+        }
+    }
+    // A chain whose every entry is gone, while a checkpoint counts some.
+    if whole {
+        for (id, start) in starts {
+            if !seen_chains.contains(id) {
+                if let Some(t) = truncated(checkpoints, *id, start.seq - 1, true) {
+                    return Ok(Err(t));
+                }
+            }
+        }
+    }
+    summary.chains = seen_chains.len() as u64;
+    Ok(Ok(summary))
+}
+
+/// Batches of this many entries are hashed at once, up to `IN_FLIGHT` of
+/// them while the next is read.
+const BATCH: usize = 1024;
+const IN_FLIGHT: usize = 4;
+
+/// An entry as read: its place, and its link when its content still hashes,
+/// with the hash before it it names, to the hash it has.
+struct Read {
+    audit_id: String,
+    time: DateTime<Utc>,
+    chain_id: Uuid,
+    seq: i64,
+    /// The stored (hash before, hash); `None` when they are not hashes.
+    link: Option<(Hash, Hash)>,
+    /// Whether the content, after the hash before it, still has its hash.
+    intact: bool,
+}
+
+/// Reads the chained entries of `[since, until)` in chain order and hands
+/// them on in batches, each being hashed on a blocking thread.
+async fn read(
+    client: &Transaction<'_>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    batches: mpsc::Sender<JoinHandle<Vec<Read>>>,
+) -> anyhow::Result<()> {
     let rows = client
         .query_raw(
             "SELECT audit_id, operation_time, operation_ip, operator_id, operator_org_id, role_id,
@@ -172,66 +336,40 @@ pub async fn verify(
               ORDER BY chain_id, chain_seq",
             [&since as &(dyn tokio_postgres::types::ToSql + Sync), &until],
         )
-        .await
-        .context("Failed to read the audit log")?;
+        .await?;
     pin_mut!(rows);
-    let whole = since.is_none() && until.is_none();
-    // The chain being read: its id, the place and hash the next entry must have.
-    let mut current: Option<(Uuid, i64, Hash)> = None;
-    let mut seen_chains: Vec<Uuid> = Vec::new();
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .context("Failed to read the audit log")?
-    {
-        let audit_id: String = row.get(0);
-        let time: DateTime<Utc> = row.get(1);
-        let chain_id: Uuid = row.get(14);
-        let seq: i64 = row.get(15);
-        let (Some(prev), Some(hash)) = (
-            chain::hash_of(row.get::<_, &[u8]>(16)),
-            chain::hash_of(row.get::<_, &[u8]>(17)),
-        ) else {
-            return Ok(Err(Tampering::Changed {
-                audit_id,
-                chain_id,
-                seq,
-            }));
-        };
-        if current.map_or(true, |(id, _, _)| id != chain_id) {
-            if let Some((id, next, _)) = current {
-                if let Some(t) = truncated(&checkpoints, id, next - 1, whole) {
-                    return Ok(Err(t));
-                }
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let row = rows.try_next().await?;
+        let done = row.is_none();
+        batch.extend(row);
+        if batch.len() == BATCH || (done && !batch.is_empty()) {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            let hashing = tokio::task::spawn_blocking(move || full.iter().map(hashed).collect());
+            if batches.send(hashing).await.is_err() {
+                // The check stopped at something found.
+                return Ok(());
             }
-            let Some(start) = starts.get(&chain_id) else {
-                let why = format!("it names chain {chain_id}, which was never started");
-                return Ok(Err(Tampering::Inserted { audit_id, why }));
-            };
-            seen_chains.push(chain_id);
-            current = Some(if whole {
-                (chain_id, start.seq, start.prev)
-            } else {
-                // A time range starts where it starts.
-                (chain_id, seq, prev)
-            });
         }
-        let (_, next, expected_prev) = current.expect("set above");
-        if seq < next {
-            let why = format!("a second entry at #{seq} of chain {chain_id}");
-            return Ok(Err(Tampering::Inserted { audit_id, why }));
+        if done {
+            return Ok(());
         }
-        if seq > next {
-            return Ok(Err(Tampering::Removed {
-                chain_id,
-                from: next,
-                to: seq - 1,
-            }));
-        }
+    }
+}
+
+/// An entry's place, its stored link, and whether its content still hashes
+/// to its stored hash from the stored hash before it.
+fn hashed(row: &Row) -> Read {
+    let audit_id: &str = row.get(0);
+    let time: DateTime<Utc> = row.get(1);
+    let chain_id: Uuid = row.get(14);
+    let seq: i64 = row.get(15);
+    let stored = chain::hash_of(row.get::<_, &[u8]>(16)).zip(chain::hash_of(row.get(17)));
+    let intact = stored.is_some_and(|(prev, hash)| {
         let request: Option<Value> = row.get::<_, Option<&str>>(6).map(json);
         let response: Option<Value> = row.get::<_, Option<&str>>(7).map(json);
         let canonical = Canonical {
-            audit_id: audit_id.as_str(),
+            audit_id,
             chain_id,
             chain_seq: seq,
             duration_ms: row.get(13),
@@ -248,51 +386,16 @@ pub async fn verify(
             response_result: response.as_ref(),
             role_id: row.get(5),
         };
-        if canonical.hash(&prev) != hash {
-            return Ok(Err(Tampering::Changed {
-                audit_id,
-                chain_id,
-                seq,
-            }));
-        }
-        if prev != expected_prev {
-            let why = format!(
-                "#{seq} of chain {chain_id} does not follow the entry before it (inserted there, or the chain was rewritten)"
-            );
-            return Ok(Err(Tampering::Inserted { audit_id, why }));
-        }
-        if let Some(cp) = checkpoints.get(&chain_id).and_then(|c| c.get(&seq)) {
-            if cp.head != hash {
-                return Ok(Err(Tampering::Rewritten {
-                    chain_id,
-                    seq,
-                    audit_id,
-                }));
-            }
-            summary.checkpoints += 1;
-        }
-        summary.entries += 1;
-        summary.first = Some(summary.first.map_or(time, |t| t.min(time)));
-        summary.last = Some(summary.last.map_or(time, |t| t.max(time)));
-        current = Some((chain_id, seq + 1, hash));
+        canonical.hash(&prev) == hash
+    });
+    Read {
+        audit_id: audit_id.to_owned(),
+        time,
+        chain_id,
+        seq,
+        link: stored,
+        intact,
     }
-    if let Some((id, next, _)) = current {
-        if let Some(t) = truncated(&checkpoints, id, next - 1, whole) {
-            return Ok(Err(t));
-        }
-    }
-    // A chain whose every entry is gone, while a checkpoint counts some.
-    if whole {
-        for (id, start) in &starts {
-            if !seen_chains.contains(id) {
-                if let Some(t) = truncated(&checkpoints, *id, start.seq - 1, true) {
-                    return Ok(Err(t));
-                }
-            }
-        }
-    }
-    summary.chains = seen_chains.len() as u64;
-    Ok(Ok(summary))
 }
 
 /// The stored JSON as a value; text that is not JSON stays text.
@@ -316,7 +419,7 @@ fn truncated(
 }
 
 async fn chain_starts(
-    client: &tokio_postgres::Client,
+    client: &Transaction<'_>,
     secrets: Option<&SecretBox>,
 ) -> anyhow::Result<Result<HashMap<Uuid, Start>, Tampering>> {
     let mut starts = HashMap::new();
@@ -359,7 +462,7 @@ async fn chain_starts(
 }
 
 async fn checkpoints(
-    client: &tokio_postgres::Client,
+    client: &Transaction<'_>,
     secrets: Option<&SecretBox>,
 ) -> anyhow::Result<Result<HashMap<Uuid, BTreeMap<i64, Checkpoint>>, Tampering>> {
     let mut all: HashMap<Uuid, BTreeMap<i64, Checkpoint>> = HashMap::new();
