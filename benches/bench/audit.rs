@@ -173,13 +173,19 @@ pub async fn api(results: &mut Results, rows: &mut Rows) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/put_setting.lua");
+    let write = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/put_setting.lua");
+    let mixed = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mixed.lua");
     let calls = [
         ("GET /api/config/recipients", "/api/config/recipients", None),
         (
             "PUT /api/config/system/email_enabled",
             "/api/config/system/email_enabled",
-            Some(script),
+            Some(write),
+        ),
+        (
+            "mixed, 9 reads : 1 write",
+            "/api/config/recipients",
+            Some(mixed),
         ),
     ];
     for (label, path, script) in calls {

@@ -14,7 +14,7 @@ use crate::mail::Mailer;
 
 /// See [`Worker::hold_reloads`].
 pub struct ReloadGuard {
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    held: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 impl Worker {
@@ -30,17 +30,26 @@ impl Worker {
     /// Holds configuration loads back while the caller changes the
     /// configuration; [`Worker::reload_holding`] then loads the change, and the
     /// change's own notification finds it loaded instead of loading it again.
+    /// Calls changing the configuration at once share the hold.
     pub async fn hold_reloads(&self) -> ReloadGuard {
         ReloadGuard {
-            _held: self.0.reloading.clone().lock_owned().await,
+            held: self.0.reloading.clone().read_owned().await,
         }
     }
 
-    /// Loads the configuration, releasing what [`Worker::hold_reloads`] held.
+    /// Makes sure a load that started after the held change has run, and
+    /// runs one if none has: calls that changed the configuration together
+    /// share one load.
     pub async fn reload_holding(&self, guard: ReloadGuard) -> anyhow::Result<()> {
-        let result = self.load().await;
-        drop(guard);
-        result
+        // No load runs while the hold is held: any load counted after this
+        // began after the change.
+        let changed_at = self.generation();
+        drop(guard.held);
+        let _loading = self.0.reloading.write().await;
+        if self.generation() > changed_at {
+            return Ok(());
+        }
+        self.load().await
     }
 
     /// Control notifications so far: (reloaded for, already held).
@@ -54,7 +63,7 @@ impl Worker {
     /// Re-reads the configuration and rebuilds the SMTP transport if its
     /// server changed.
     pub async fn reload(&self) -> anyhow::Result<()> {
-        let _loading = self.0.reloading.lock().await;
+        let _loading = self.0.reloading.write().await;
         self.load().await
     }
 
@@ -104,7 +113,7 @@ impl Worker {
                 _ = shutdown.cancelled() => return,
                 _ = self.0.config_changed.notified() => {}
             }
-            let loading = self.0.reloading.lock().await;
+            let loading = self.0.reloading.write().await;
             let announced = std::mem::take(&mut *self.0.announced.lock().expect("announced lock"));
             let seen = self.snapshot().seen.clone();
             let held = !announced.is_empty()

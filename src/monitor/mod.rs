@@ -103,9 +103,10 @@ struct Inner {
     /// Transactions announced on the control channel and not yet looked at
     /// (`None`: one that did not say which).
     announced: Mutex<Vec<Option<u64>>>,
-    /// Held by whoever loads the configuration, and by an API call from
-    /// before its change until it has loaded it.
-    reloading: Arc<tokio::sync::Mutex<()>>,
+    /// Held exclusively by whoever loads the configuration; shared by API
+    /// calls while they change it, so that no load runs between a change
+    /// and the call's look at which loads came after it.
+    reloading: Arc<tokio::sync::RwLock<()>>,
     /// Control wake-ups that needed a reload, and those whose changes the
     /// configuration held already.
     control_applied: AtomicU64,
