@@ -63,6 +63,10 @@ impl App {
             secrets.clone(),
             config.smtp_pool_size,
             config.listen_for_alerts,
+            crate::monitor::ChatSettings {
+                allowed_hosts: config.channel_allowed_hosts.clone(),
+                public_url: config.public_url.clone(),
+            },
         )
         .await?;
         let acceptor = TcpListener::bind(config.api_addr)

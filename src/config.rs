@@ -36,6 +36,13 @@ pub struct Config {
     /// How often the head of the audit-log chain is signed while entries
     /// arrive (`AUDIT_CHECKPOINT_SECONDS`).
     pub audit_checkpoint_every: std::time::Duration,
+    /// Hosts chat-bot webhook URLs may point to (`CHANNEL_ALLOWED_HOSTS`,
+    /// comma-separated, `host` or `host:port`); the three services' hosts by
+    /// default. A listed private or loopback address is allowed, no other.
+    pub channel_allowed_hosts: Vec<String>,
+    /// Where people reach this service (`PUBLIC_URL`, e.g.
+    /// `https://alerts.example.com`): links in chat messages.
+    pub public_url: Option<String>,
     /// Always true from the environment; the benchmarks turn it off to
     /// measure what auditing costs.
     pub audit_enabled: bool,
@@ -174,6 +181,30 @@ impl Config {
             },
             audit_enabled: true,
             listen_for_alerts: true,
+            channel_allowed_hosts: match get("CHANNEL_ALLOWED_HOSTS") {
+                None => crate::channels::DEFAULT_ALLOWED_HOSTS
+                    .iter()
+                    .map(|h| (*h).to_owned())
+                    .collect(),
+                Some(v) => v
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+            },
+            public_url: match get("PUBLIC_URL") {
+                None => None,
+                Some(v) => {
+                    let v = v.trim().trim_end_matches('/').to_owned();
+                    if !(v.starts_with("https://") || v.starts_with("http://")) {
+                        return Err(ConfigError::new(
+                            "PUBLIC_URL",
+                            format!("'{v}' is not an http(s) URL"),
+                        ));
+                    }
+                    Some(v)
+                }
+            },
             cors_origins: get("CORS_ALLOWED_ORIGINS")
                 .map(|v| {
                     v.split(',')

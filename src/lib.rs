@@ -19,6 +19,7 @@ pub mod api;
 pub mod app;
 pub mod audit_log;
 pub mod auth;
+pub mod channels;
 pub mod check;
 pub mod config;
 pub mod crypto;

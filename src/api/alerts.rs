@@ -92,10 +92,49 @@ pub struct Alert {
     /// Message-ID of the e-mail that carried it.
     #[oai(skip_serializing_if_is_none)]
     pub message_id: Option<String>,
+    /// What each chat-bot channel of its table did with it, by channel id
+    /// (also `channel:<id>` in `delivered_to` once delivered).
+    pub channels: BTreeMap<String, ChannelOutcome>,
     pub created_at: DateTime<Utc>,
     #[oai(skip_serializing_if_is_none)]
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What one chat-bot channel did with an alert.
+#[derive(Object, serde::Deserialize)]
+pub struct ChannelOutcome {
+    /// `dingtalk`, `wecom`, `feishu` or `webhook`.
+    pub kind: String,
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// Messages sent to it carrying this alert.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Times it waited for the bot's send limit instead (not attempts).
+    #[serde(default)]
+    pub waits: i32,
+    /// The last attempt's failure class: `rate_limited`, `transient` or
+    /// `permanent`; absent when it was delivered.
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub class: Option<String>,
+    /// The service's last code (`0` when delivered).
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub code: Option<String>,
+    /// The service's last message, as it gave it.
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub message: Option<String>,
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// While waiting for the bot's send limit: when it may send again.
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub waiting_until: Option<DateTime<Utc>>,
 }
 
 /// What went wrong with one delivery attempt.
@@ -109,7 +148,7 @@ pub struct AttemptError {
 
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
      next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at,
-     attempt_errors";
+     attempt_errors, channel_outcomes";
 
 fn to_alert(r: &Row) -> Alert {
     Alert {
@@ -128,6 +167,7 @@ fn to_alert(r: &Row) -> Alert {
         sent_at: r.get(12),
         updated_at: r.get(13),
         attempt_errors: serde_json::from_value(r.get(14)).unwrap_or_default(),
+        channels: serde_json::from_value(r.get(15)).unwrap_or_default(),
     }
 }
 

@@ -81,6 +81,11 @@ pub async fn metrics(state: Data<&AppState>) -> Response {
         "SMTP failures of this copy by kind and class (transient, permanent), one per recipient and attempt",
         status.smtp_errors(),
     );
+    registry.register(
+        "channel_messages",
+        "Chat-bot messages of this copy by channel kind and outcome: sent, failed (rate_limited, transient, permanent), or waited for the bot's send limit",
+        status.chat_messages(),
+    );
     gauge(
         &mut registry,
         "listener_connected",

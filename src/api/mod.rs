@@ -8,6 +8,7 @@ mod audit_logs;
 mod audit_verify;
 mod auth;
 mod body_errors;
+mod channels;
 mod error;
 mod health;
 mod metrics;
@@ -55,6 +56,8 @@ pub(crate) enum ApiTags {
     Smtp,
     /// Who receives the alerts of each table.
     Recipients,
+    /// Chat-bot channels (DingTalk, WeCom, Feishu / Lark, webhook) of each table.
+    Channels,
     /// Run-time switches and tunables.
     System,
     /// Tables whose flagged rows raise alerts.
@@ -301,6 +304,7 @@ api_modules!(
     health::HealthApi,
     smtp::SmtpApi,
     recipients::RecipientsApi,
+    channels::ChannelsApi,
     system::SystemApi,
     tables::TablesApi,
     templates::TemplatesApi,

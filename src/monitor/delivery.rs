@@ -9,7 +9,9 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use super::{digest, intake, outbox, tables, Worker, PARALLEL_DIGESTS, VACUUM_INBOX_AFTER};
+use super::{
+    chat, digest, intake, outbox, tables, Worker, PARALLEL_DIGESTS, VACUUM_INBOX_AFTER,
+};
 
 impl Worker {
     /// Claims one batch of due alerts and delivers it; returns how many
@@ -27,10 +29,8 @@ impl Worker {
         if !switches.email_enabled {
             return Ok(outbox::suppress_due(&self.0.delivery, limit).await? as usize);
         }
-        let Some(mailer) = self.0.mailer.lock().expect("mailer lock").clone() else {
-            return Ok(0);
-        };
-        let tables = snapshot.deliverable_tables();
+        let mailer = self.0.mailer.lock().expect("mailer lock").clone();
+        let tables = snapshot.deliverable_tables(mailer.is_some());
         if tables.is_empty() {
             return Ok(0);
         }
@@ -63,6 +63,17 @@ impl Worker {
             }
         }
         let fetched_at = started.elapsed();
+        // Each channel gets one message for the batch, while the mail goes.
+        let chat = chat::send_all(
+            pool,
+            &self.0.chat,
+            &claimed,
+            &rows,
+            &snapshot,
+            self.0.console_url.as_deref(),
+        )
+        .await;
+        self.0.status.note_chat(&snapshot, &chat);
         let empty = HashMap::new();
         let digests = digest::group(&claimed, switches.digest_max_records);
         let outcomes = join_all(digests.iter().map(|d| {
@@ -71,7 +82,7 @@ impl Worker {
                 .templates
                 .get(d.table)
                 .map_or(&self.0.renderer, |r| &**r);
-            digest::send_digest(d, rows, &snapshot, &mailer, renderer)
+            digest::send_digest(d, rows, &snapshot, mailer.as_ref(), renderer, &chat)
         }))
         .await;
         let sent_at = started.elapsed();
@@ -172,10 +183,12 @@ impl Worker {
         const IDLE: Duration = Duration::from_secs(60);
         let snapshot = self.snapshot();
         let switches = &snapshot.switches;
-        if !switches.monitor_enabled || self.0.mailer.lock().expect("mailer lock").is_none() {
+        let mail = self.0.mailer.lock().expect("mailer lock").is_some();
+        let tables = snapshot.deliverable_tables(mail);
+        if !switches.monitor_enabled || tables.is_empty() {
             return IDLE;
         }
-        match outbox::next_due(&self.0.delivery, &snapshot.deliverable_tables()).await {
+        match outbox::next_due(&self.0.delivery, &tables).await {
             Ok(Some(at)) => (at - chrono::Utc::now())
                 .to_std()
                 .unwrap_or_default()

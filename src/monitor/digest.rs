@@ -3,7 +3,7 @@
 //! and judged per recipient (a permanent refusal by one does not hold back
 //! the others; a transient failure schedules a retry for those still missing).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::future::join_all;
 use lettre::message::header::ContentTransferEncoding;
@@ -11,10 +11,14 @@ use lettre::message::{Body, Mailbox, MultiPart};
 use lettre::Message;
 use serde_json::{Map, Value};
 
+use chrono::{DateTime, Utc};
+
+use super::chat::{self, ChannelResult};
 use super::outbox::{AlertStatus, ClaimedAlert, Outcome};
 use super::retry::RetryPolicy;
 use super::snapshot::{Recipient, Snapshot};
 use crate::mail::render::RenderedMail;
+use crate::channels::FailureClass;
 use crate::mail::transport::FailureKind;
 use crate::mail::{AlertRecord, DeliveryError, Mailer, Renderer};
 
@@ -29,12 +33,7 @@ pub struct Digest<'a> {
 pub fn group(alerts: &[ClaimedAlert], max_records: usize) -> Vec<Digest<'_>> {
     let mut by_key: BTreeMap<(&str, Vec<String>), Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
-        let mut done: Vec<String> = a
-            .delivered_to
-            .iter()
-            .chain(&a.refused_by)
-            .map(|e| e.to_lowercase())
-            .collect();
+        let mut done: Vec<String> = chat::done(a).into_iter().collect();
         done.sort();
         by_key
             .entry((a.table_name.as_str(), done))
@@ -55,13 +54,15 @@ pub fn group(alerts: &[ClaimedAlert], max_records: usize) -> Vec<Digest<'_>> {
         .collect()
 }
 
-/// Sends one digest and decides the outcome of its alerts.
+/// Sends one digest by mail (when there is a mailer) and decides the
+/// outcome of its alerts, with what the table's channels did with them.
 pub async fn send_digest(
     digest: &Digest<'_>,
     rows: &HashMap<String, Map<String, Value>>,
     snapshot: &Snapshot,
-    mailer: &Mailer,
+    mailer: Option<&Mailer>,
     renderer: &Renderer,
+    chat: &HashMap<i32, ChannelResult>,
 ) -> Outcome {
     let retry = &snapshot.switches.retry;
     let recipients = snapshot
@@ -69,65 +70,116 @@ pub async fn send_digest(
         .get(digest.table)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    if recipients.is_empty() {
+    let channels = snapshot
+        .channels
+        .get(digest.table)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if recipients.is_empty() && channels.is_empty() {
         return judge(
             digest,
             retry,
-            &[],
-            &[("", transient("no active recipient"))],
+            Destinations {
+                failures: vec![(String::new(), transient("no active recipient"))],
+                ..Destinations::default()
+            },
             None,
         );
     }
-    let records: Vec<AlertRecord> = digest
-        .alerts
-        .iter()
-        .map(|a| AlertRecord {
-            record_id: a.record_id.clone(),
-            verdict: a.verdict.clone(),
-            row: rows.get(&a.record_id).cloned(),
-            alerted_at: a.created_at,
-        })
-        .collect();
-    let started = std::time::Instant::now();
-    let mail = match renderer.render(digest.table, &records) {
-        Ok(mail) => mail,
-        Err(e) => {
-            let refused = DeliveryError::permanent(e.to_string());
-            return judge(digest, retry, &[], &[("", refused)], None);
-        }
-    };
     // Everyone in the digest has the same earlier deliveries (see `group`).
-    let done: HashSet<String> = digest.alerts[0]
-        .delivered_to
-        .iter()
-        .chain(&digest.alerts[0].refused_by)
-        .map(|e| e.to_lowercase())
-        .collect();
+    let done = chat::done(digest.alerts[0]);
+    let mut outcome = Destinations::default();
+    for channel in channels {
+        let destination = channel.destination();
+        if done.contains(&destination) {
+            continue;
+        }
+        let Some(result) = chat.get(&channel.id) else {
+            continue;
+        };
+        outcome.channels.insert(
+            channel.id.to_string(),
+            chat::outcome_json(channel, result),
+        );
+        match result {
+            ChannelResult::Delivered { .. } => outcome.delivered.push(destination),
+            ChannelResult::Failed { class, code, message } => {
+                let words = format!("{} {code}: {message}", channel.kind.as_str());
+                let error = match class {
+                    FailureClass::Permanent => DeliveryError::permanent(words),
+                    _ => transient(&words),
+                };
+                outcome.failures.push((destination, error));
+            }
+            ChannelResult::Waiting { until } => {
+                outcome.wait_until = outcome.wait_until.max(Some(*until));
+            }
+        }
+    }
     let targets: Vec<&Recipient> = recipients
         .iter()
         .filter(|r| !done.contains(&r.email.to_lowercase()))
         .collect();
-    tracing::debug!(records = records.len(), bytes = mail.html.len() + mail.text.len(), rendered_in = ?started.elapsed(), "rendered");
-    let message_id = format!("<{}@audit-alert>", uuid::Uuid::now_v7().simple());
-    let bodies = Bodies::encode(mail);
-    let results = join_all(
-        targets
-            .iter()
-            .map(|r| send_one(mailer, r, &bodies, &message_id)),
-    )
-    .await;
-    let mut delivered = Vec::new();
-    let mut failures = Vec::new();
-    for (r, result) in targets.iter().zip(results) {
-        match result {
-            Ok(()) => delivered.push(r.email.clone()),
-            Err(e) => {
-                tracing::warn!(table = digest.table, recipient = %r.email, error = %e, "delivery failed");
-                failures.push((r.email.as_str(), e));
+    let mut message_id = None;
+    match mailer {
+        _ if targets.is_empty() => {}
+        // Mail waits for an SMTP server; the channels went out meanwhile.
+        None => {
+            let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+            outcome.wait_until = outcome.wait_until.max(Some(later));
+        }
+        Some(mailer) => {
+            let records: Vec<AlertRecord> = digest
+                .alerts
+                .iter()
+                .map(|a| AlertRecord {
+                    record_id: a.record_id.clone(),
+                    verdict: a.verdict.clone(),
+                    row: rows.get(&a.record_id).cloned(),
+                    alerted_at: a.created_at,
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            let mail = match renderer.render(digest.table, &records) {
+                Ok(mail) => mail,
+                Err(e) => {
+                    let refused = DeliveryError::permanent(e.to_string());
+                    outcome.failures.push((String::new(), refused));
+                    return judge(digest, retry, outcome, None);
+                }
+            };
+            tracing::debug!(records = records.len(), bytes = mail.html.len() + mail.text.len(), rendered_in = ?started.elapsed(), "rendered");
+            let id = format!("<{}@audit-alert>", uuid::Uuid::now_v7().simple());
+            let bodies = Bodies::encode(mail);
+            let results =
+                join_all(targets.iter().map(|r| send_one(mailer, r, &bodies, &id))).await;
+            for (r, result) in targets.iter().zip(results) {
+                match result {
+                    Ok(()) => outcome.delivered.push(r.email.clone()),
+                    Err(e) => {
+                        tracing::warn!(table = digest.table, recipient = %r.email, error = %e, "delivery failed");
+                        outcome.failures.push((r.email.clone(), e));
+                    }
+                }
             }
+            message_id = Some(id);
         }
     }
-    judge(digest, retry, &delivered, &failures, Some(message_id))
+    judge(digest, retry, outcome, message_id)
+}
+
+/// What one attempt did per destination (recipients' addresses, channels'
+/// `channel:<id>`).
+#[derive(Default)]
+struct Destinations {
+    delivered: Vec<String>,
+    /// `""` for a failure of the whole digest.
+    failures: Vec<(String, DeliveryError)>,
+    /// The latest moment a destination waits for (a bot's send limit, an
+    /// SMTP server to be configured).
+    wait_until: Option<DateTime<Utc>>,
+    /// Channel id → its part of the record.
+    channels: Map<String, Value>,
 }
 
 fn transient(words: &str) -> DeliveryError {
@@ -183,18 +235,18 @@ async fn send_one(
     mailer.send(message).await
 }
 
-/// The outcome of a digest's alerts, from what happened per recipient.
+/// The outcome of a digest's alerts, from what happened per destination.
 fn judge(
     digest: &Digest<'_>,
     retry: &RetryPolicy,
-    delivered_now: &[String],
-    failures: &[(&str, DeliveryError)],
+    now: Destinations,
     message_id: Option<String>,
 ) -> Outcome {
+    let failures = &now.failures;
     let refused: Map<String, Value> = failures
         .iter()
         .filter(|(to, e)| !to.is_empty() && matches!(e, DeliveryError::Permanent(_)))
-        .map(|(to, e)| ((*to).to_owned(), Value::String(e.to_string())))
+        .map(|(to, e)| (to.clone(), Value::String(e.to_string())))
         .collect();
     let transient = failures
         .iter()
@@ -216,7 +268,7 @@ fn judge(
     // claimed together, their attempt count.
     let first = digest.alerts[0];
     let mut delivered_to = first.delivered_to.clone();
-    delivered_to.extend(delivered_now.iter().cloned());
+    delivered_to.extend(now.delivered.iter().cloned());
     let attempts = digest
         .alerts
         .iter()
@@ -224,13 +276,20 @@ fn judge(
         .max()
         .unwrap_or(1)
         .max(0) as u32;
+    let mut uncounted = false;
     let (status, retry_in) = if transient && retry.may_retry(attempts) {
         (AlertStatus::Pending, retry.delay(attempts, fastrand::f64()))
+    } else if let (false, Some(until)) = (transient, now.wait_until) {
+        // Only waiting: not an attempt.
+        uncounted = true;
+        let wait = (until - Utc::now()).to_std().unwrap_or_default();
+        (AlertStatus::Pending, wait)
     } else if !transient && !delivered_to.is_empty() {
         (AlertStatus::Sent, Default::default())
     } else {
         (AlertStatus::Failed, Default::default())
     };
+    let delivered_now = !now.delivered.iter().all(|d| d.starts_with("channel:"));
     Outcome {
         ids: digest.alerts.iter().map(|a| a.id).collect(),
         status,
@@ -238,13 +297,15 @@ fn judge(
         refused: Value::Object(refused),
         last_error,
         retry_in_ms: retry_in.as_millis() as i64,
-        message_id: message_id.filter(|_| !delivered_now.is_empty()),
+        message_id: message_id.filter(|_| delivered_now),
         smtp_errors: failures
             .iter()
-            .filter(|(to, _)| !to.is_empty())
+            .filter(|(to, _)| !to.is_empty() && !to.starts_with("channel:"))
             .map(|(_, e)| (e.kind(), matches!(e, DeliveryError::Permanent(_))))
             .collect(),
         created_at: digest.alerts.iter().map(|a| a.created_at).collect(),
+        uncounted,
+        channels: Value::Object(now.channels),
     }
 }
 
@@ -279,14 +340,12 @@ mod tests {
     fn one_permanent_refusal_does_not_fail_the_others() {
         let alerts = [alert(1, "a", &[])];
         let digests = group(&alerts, 10);
-        let failures = [("bad@x.y", DeliveryError::permanent("550"))];
-        let out = judge(
-            &digests[0],
-            &RetryPolicy::default(),
-            &["ok@x.y".into()],
-            &failures,
-            None,
-        );
+        let now = Destinations {
+            delivered: vec!["ok@x.y".into()],
+            failures: vec![("bad@x.y".into(), DeliveryError::permanent("550"))],
+            ..Destinations::default()
+        };
+        let out = judge(&digests[0], &RetryPolicy::default(), now, None);
         assert_eq!(out.status, AlertStatus::Sent);
         assert!(out.refused.get("bad@x.y").is_some());
         assert!(out.last_error.as_deref().unwrap().contains("bad@x.y: 550"));
@@ -295,25 +354,19 @@ mod tests {
     #[test]
     fn transient_failures_retry_then_fail() {
         let mut a = alert(1, "a", &[]);
-        let failures = [("x@y.z", DeliveryError::transient(FailureKind::Other, "421"))];
+        let failed = || Destinations {
+            failures: vec![(
+                "x@y.z".into(),
+                DeliveryError::transient(FailureKind::Other, "421"),
+            )],
+            ..Destinations::default()
+        };
         let policy = RetryPolicy::default();
-        let out = judge(
-            &group(std::slice::from_ref(&a), 10)[0],
-            &policy,
-            &[],
-            &failures,
-            None,
-        );
+        let out = judge(&group(std::slice::from_ref(&a), 10)[0], &policy, failed(), None);
         assert_eq!(out.status, AlertStatus::Pending);
         assert!(out.retry_in_ms > 0);
         a.attempts = policy.max_attempts as i32;
-        let out = judge(
-            &group(std::slice::from_ref(&a), 10)[0],
-            &policy,
-            &[],
-            &failures,
-            None,
-        );
+        let out = judge(&group(std::slice::from_ref(&a), 10)[0], &policy, failed(), None);
         assert_eq!(out.status, AlertStatus::Failed);
     }
 }

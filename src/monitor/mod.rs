@@ -10,6 +10,7 @@
 //! configuration as read), `configuration` (loading it), `tables` (watched
 //! tables and their rows), `listener`, `sweeper`, `retry`, `status`.
 
+mod chat;
 mod configuration;
 mod delivery;
 mod digest;
@@ -36,7 +37,8 @@ pub mod statements {
 }
 pub use retry::RetryPolicy;
 pub use settings::{validate_setting, Setting, SettingError, SettingKind, Switches, SETTINGS};
-pub use snapshot::{smtp_configuration, Recipient, SmtpState, Snapshot, WatchedTable};
+pub use chat::{take_send, ChannelResult};
+pub use snapshot::{channel, smtp_configuration, Channel, Recipient, SmtpState, Snapshot, WatchedTable};
 pub use status::MonitorStatus;
 pub use sweeper::{sweep, SweepReport};
 pub use tables::{fetch_rows, unwatch, watch, WatchError, WatchRequest, Watched, DEFAULT_VERDICTS};
@@ -65,6 +67,15 @@ pub const PARALLEL_DIGESTS: usize = 4;
 pub const DELIVERY_LANES: usize = 3;
 /// Inbox rows taken in after which the end of a burst vacuums the inbox.
 pub(crate) const VACUUM_INBOX_AFTER: u64 = 10_000;
+
+/// What the chat-bot channels of a copy need from its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ChatSettings {
+    /// Hosts webhook URLs may point to (`CHANNEL_ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+    /// `PUBLIC_URL`.
+    pub public_url: Option<String>,
+}
 
 /// Cheap to clone; every task holds one.
 #[derive(Clone)]
@@ -97,6 +108,12 @@ struct Inner {
     /// The configuration and the number of the load it came from.
     snapshot: RwLock<(u64, Arc<Snapshot>)>,
     mailer: Mutex<Option<Mailer>>,
+    /// The HTTP client of the chat-bot channels.
+    chat: reqwest::Client,
+    /// Hosts webhook URLs may point to.
+    chat_allowed_hosts: Vec<String>,
+    /// Linked from chat messages (`PUBLIC_URL` + `/console`).
+    console_url: Option<String>,
     renderer: Renderer,
     wake: Notify,
     config_changed: Notify,
@@ -124,6 +141,7 @@ impl Worker {
         secrets: Option<SecretBox>,
         smtp_pool_size: u32,
         listen_for_alerts: bool,
+        chat: ChatSettings,
     ) -> anyhow::Result<Self> {
         let delivery = outbox::delivery_pool(&db_config, DELIVERY_LANES + 1)?;
         let intake = intake::intake_pool(&db_config)?;
@@ -141,6 +159,9 @@ impl Worker {
             id: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             snapshot: RwLock::default(),
             mailer: Mutex::new(None),
+            chat: crate::channels::client(&chat.allowed_hosts),
+            chat_allowed_hosts: chat.allowed_hosts,
+            console_url: chat.public_url.map(|u| format!("{u}/console")),
             renderer: Renderer::default_templates(),
             wake: Notify::new(),
             config_changed: Notify::new(),
@@ -168,6 +189,16 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+
+    /// The HTTP client of the chat-bot channels.
+    pub fn chat_client(&self) -> &reqwest::Client {
+        &self.0.chat
+    }
+
+    /// Hosts webhook URLs may point to (`CHANNEL_ALLOWED_HOSTS`).
+    pub fn chat_allowed_hosts(&self) -> &[String] {
+        &self.0.chat_allowed_hosts
     }
 
     /// Closes the connections of delivery and of taking in (when the service stops).

@@ -91,6 +91,11 @@ pub struct Outcome {
     pub smtp_errors: Vec<(FailureKind, bool)>,
     /// When each alert was recorded (the writing transaction's time).
     pub created_at: Vec<DateTime<Utc>>,
+    /// Nothing was attempted, destinations only wait (a bot's send limit):
+    /// the claim's attempt is given back.
+    pub uncounted: bool,
+    /// Channel id → what the channel did (`channel_outcomes`, merged).
+    pub channels: Value,
 }
 
 /// Planner settings of the connections delivery uses for the outbox (see
@@ -147,7 +152,8 @@ pub const CLAIM: &str = "
 
 /// Records one digest's outcome: `$1` worker, `$2` ids, `$3` status,
 /// `$4` delivered to, `$5` refused by, `$6` error, `$7` message id,
-/// `$8` retry in milliseconds.
+/// `$8` retry in milliseconds, `$9` the attempt given back, `$10` what the
+/// channels did.
 ///
 /// Only the claim sets `locked_by` (with status `sending`), and every later
 /// change of the row clears it, so `locked_by` alone says the lease is still
@@ -169,6 +175,9 @@ pub const RECORD_OUTCOME: &str = "
            next_attempt_at = now() + make_interval(secs => $8::bigint / 1000.0),
            locked_by = NULL,
            recipients = array_to_string($4::text[], ','),
+           attempts = e.attempts - CASE WHEN $9::bool THEN 1 ELSE 0 END,
+           channel_outcomes = CASE WHEN $10::jsonb = '{}' THEN e.channel_outcomes
+                                   ELSE channel_outcomes_merge(e.channel_outcomes, $10::jsonb) END,
            updated_at = now()
      WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
 
@@ -306,6 +315,8 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
                     &o.last_error,
                     &o.message_id,
                     &o.retry_in_ms,
+                    &o.uncounted,
+                    &o.channels,
                 ],
             )
             .await
@@ -358,7 +369,7 @@ pub async fn resend(pool: &Pool, id: i64) -> anyhow::Result<Resend> {
             "UPDATE email_sent_log
                 SET status = 'pending', attempts = 0, next_attempt_at = now(),
                     delivered_to = '{}', failed_recipients = '{}', error_message = NULL,
-                    updated_at = now()
+                    channel_outcomes = '{}', updated_at = now()
               WHERE id = $1 AND status IN ('failed', 'suppressed')",
             &[&id],
         )

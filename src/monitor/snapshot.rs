@@ -10,6 +10,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use super::settings::Switches;
+use crate::channels::ChannelKind;
 use crate::crypto::{Secret, SecretBox};
 use crate::mail::transport::Security;
 use crate::mail::{Renderer, SmtpSettings};
@@ -172,6 +173,78 @@ impl SeenTransactions {
     }
 }
 
+/// A chat-bot channel, its URL and secret opened.
+#[derive(Clone)]
+pub struct Channel {
+    pub id: i32,
+    pub kind: ChannelKind,
+    pub name: Option<String>,
+    pub url: String,
+    pub secret: Option<String>,
+    /// The bot's key for its send limits.
+    pub bot: String,
+}
+
+impl Channel {
+    /// Its key among an alert's destinations (`delivered_to`).
+    pub fn destination(&self) -> String {
+        format!("channel:{}", self.id)
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `notification_channels` columns [`open_channel`] reads.
+const CHANNEL_COLUMNS: &str =
+    "id, table_name, kind, name, webhook_url_encrypted, secret_encrypted, bot";
+
+/// A channel row (selected with [`CHANNEL_COLUMNS`]), its URL and secret
+/// opened.
+fn open_channel(r: &tokio_postgres::Row, secrets: Option<&SecretBox>) -> Result<Channel, String> {
+    let open = |stored: &str| match secrets {
+        Some(secrets) => secrets
+            .decrypt(stored)
+            .map(|s| s.expose().to_owned())
+            .map_err(|e| format!("cannot open its webhook URL or secret: {e}")),
+        None => Err("SECRET_KEY is not set: its webhook URL cannot be opened".to_owned()),
+    };
+    let kind = ChannelKind::parse(r.get(2)).ok_or("unknown channel type")?;
+    Ok(Channel {
+        id: r.get(0),
+        kind,
+        name: r.get(3),
+        url: open(r.get(4))?,
+        secret: r.get::<_, Option<&str>>(5).map(open).transpose()?,
+        bot: r.get(6),
+    })
+}
+
+/// One channel, active or not, ready to send with (for a test message);
+/// `None` when there is no such channel.
+pub async fn channel(
+    pool: &Pool,
+    id: i32,
+    secrets: Option<&SecretBox>,
+) -> anyhow::Result<Option<Result<Channel, String>>> {
+    let client = crate::db::client(pool).await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {CHANNEL_COLUMNS} FROM notification_channels WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .context("Failed to read a channel")?;
+    Ok(row.map(|r| open_channel(&r, secrets)))
+}
+
 /// Everything the worker reads from configuration, at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -181,16 +254,22 @@ pub struct Snapshot {
     pub smtp: SmtpState,
     pub tables: Vec<WatchedTable>,
     pub recipients: HashMap<String, Vec<Recipient>>,
+    /// Active chat-bot channels of each table, ready to send with.
+    pub channels: HashMap<String, Vec<Channel>>,
     /// Compiled templates of tables that replaced the built-in ones.
     pub templates: HashMap<String, Arc<Renderer>>,
 }
 
 impl Snapshot {
-    /// Enabled tables that have someone to mail.
-    pub fn deliverable_tables(&self) -> Vec<String> {
+    /// Enabled tables that have someone to mail (when `mail` can be sent)
+    /// or a channel.
+    pub fn deliverable_tables(&self, mail: bool) -> Vec<String> {
         self.tables
             .iter()
-            .filter(|t| self.recipients.get(&t.name).is_some_and(|r| !r.is_empty()))
+            .filter(|t| {
+                (mail && self.recipients.get(&t.name).is_some_and(|r| !r.is_empty()))
+                    || self.channels.get(&t.name).is_some_and(|c| !c.is_empty())
+            })
             .map(|t| t.name.clone())
             .collect()
     }
@@ -278,6 +357,24 @@ impl Snapshot {
                 name: r.get(2),
             });
         }
+        let mut channels: HashMap<String, Vec<Channel>> = HashMap::new();
+        for r in tx
+            .query(
+                &format!(
+                    "SELECT {CHANNEL_COLUMNS} FROM notification_channels WHERE is_active ORDER BY id"
+                ),
+                &[],
+            )
+            .await
+            .context("Failed to read notification_channels")?
+        {
+            match open_channel(&r, secrets) {
+                Ok(channel) => channels.entry(r.get(1)).or_default().push(channel),
+                Err(why) => {
+                    tracing::error!(channel = r.get::<_, i32>(0), error = %why, "channel not used")
+                }
+            }
+        }
         let mut templates = HashMap::new();
         for r in tx
             .query(
@@ -306,6 +403,7 @@ impl Snapshot {
             smtp,
             tables,
             recipients,
+            channels,
             templates,
         })
     }

@@ -11,7 +11,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use std::collections::HashMap;
+
+use super::chat::ChannelResult;
 use super::outbox::{AlertStatus, Outcome};
+use super::snapshot::Snapshot;
 use super::sweeper::SweepReport;
 
 /// SMTP failures counted by `kind` and `class` labels.
@@ -27,6 +31,8 @@ pub struct MonitorStatus {
     sent_latency: Histogram,
     /// SMTP failures by kind and class (transient or permanent).
     smtp_errors: SmtpErrors,
+    /// Chat-bot messages by channel kind and outcome.
+    chat_messages: SmtpErrors,
     // A std Mutex: held only to copy a few timestamps.
     times: Mutex<Times>,
 }
@@ -53,6 +59,7 @@ impl Default for MonitorStatus {
             // 1 ms to about 9 minutes.
             sent_latency: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             smtp_errors: SmtpErrors::default(),
+            chat_messages: SmtpErrors::default(),
             times: Mutex::default(),
         }
     }
@@ -108,6 +115,28 @@ impl MonitorStatus {
 
     pub fn smtp_errors(&self) -> SmtpErrors {
         self.smtp_errors.clone()
+    }
+
+    /// Chat-bot messages by `kind` and `outcome` (sent, rate_limited,
+    /// transient, permanent, waited).
+    pub fn chat_messages(&self) -> SmtpErrors {
+        self.chat_messages.clone()
+    }
+
+    pub(crate) fn note_chat(&self, snapshot: &Snapshot, results: &HashMap<i32, ChannelResult>) {
+        for channels in snapshot.channels.values() {
+            for c in channels {
+                let outcome = match results.get(&c.id) {
+                    None => continue,
+                    Some(ChannelResult::Delivered { .. }) => "sent",
+                    Some(ChannelResult::Failed { class, .. }) => class.as_str(),
+                    Some(ChannelResult::Waiting { .. }) => "waited",
+                };
+                self.chat_messages
+                    .get_or_create(&vec![("kind", c.kind.as_str()), ("outcome", outcome)])
+                    .inc();
+            }
+        }
     }
 
     pub(crate) fn note_delivery(&self, outcomes: &[Outcome]) {

@@ -6,6 +6,8 @@ mod audit;
 mod audit_chain;
 mod audit_export;
 mod auth;
+mod bots;
+mod channels;
 mod client;
 mod docs;
 mod faults;

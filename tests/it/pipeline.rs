@@ -675,7 +675,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
     let ids: Vec<i64> = (1..=200).collect();
     let refused = serde_json::json!({});
     let delivered = vec!["oncall@example.com"];
-    let outcome: [Param; 8] = [
+    let outcome: [Param; 10] = [
         &"tester",
         &ids,
         &"sent",
@@ -684,6 +684,8 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         &None::<String>,
         &None::<String>,
         &0i64,
+        &false,
+        &refused,
     ];
     let nodes = plan_nodes(&delivery, statements::RECORD_OUTCOME, &outcome).await;
     let text = serde_json::Value::Array(nodes).to_string();
@@ -754,6 +756,8 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         message_id: Some(format!("<{to}>")),
         smtp_errors: Vec::new(),
         created_at: Vec::new(),
+        uncounted: false,
+        channels: serde_json::json!({}),
     };
 
     let late = [outcome(AlertStatus::Sent, "late@example.com")];

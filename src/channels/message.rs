@@ -1,0 +1,509 @@
+//! The messages: one alert or a digest, in each service's format, cut to
+//! the size the service accepts.
+
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use super::{sign, AlertLine, ChannelKind, Request};
+
+const CONTENT_TYPE: &str = "application/json; charset=utf-8";
+/// Longest value (in characters) shown for a column, record id or table.
+const VALUE_CHARS: usize = 200;
+
+/// Text from the database made safe for a markdown message: control
+/// characters become spaces (so a value cannot start new markdown lines) and
+/// angle brackets become full-width ones (so it cannot add tags such as
+/// `<font>` or Feishu's `<at>`); cut to `max` characters.
+fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 4));
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        out.push(match c {
+            '<' => '＜',
+            '>' => '＞',
+            c if c.is_control() => ' ',
+            c => c,
+        });
+    }
+    out
+}
+
+fn beijing(at: DateTime<Utc>) -> String {
+    let offset = FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset");
+    at.with_timezone(&offset)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn coloured(kind: ChannelKind, verdict: &str) -> String {
+    let (dingtalk, wecom, feishu) = match verdict {
+        "不合格" => ("#FF0000", "warning", "red"),
+        "不确定" => ("#FF8C00", "comment", "orange"),
+        _ => ("#FF8C00", "warning", "orange"),
+    };
+    let verdict = clean(verdict, 50);
+    match kind {
+        ChannelKind::DingTalk => format!("<font color=\"{dingtalk}\">{verdict}</font>"),
+        ChannelKind::WeCom => format!("<font color=\"{wecom}\">{verdict}</font>"),
+        ChannelKind::Feishu => format!("<font color='{feishu}'>{verdict}</font>"),
+        ChannelKind::Webhook => verdict,
+    }
+}
+
+/// Between lines of one alert; DingTalk needs a blank line to break one.
+fn line_break(kind: ChannelKind) -> &'static str {
+    if kind == ChannelKind::DingTalk {
+        "\n\n"
+    } else {
+        "\n"
+    }
+}
+
+/// One alert with at most `columns` of its row's columns: a markdown block
+/// (as a JSON string) for the bots, the alert object for the webhook.
+fn piece(kind: ChannelKind, alert: &AlertLine, columns: usize) -> Value {
+    if kind == ChannelKind::Webhook {
+        let row = alert.row.as_ref().map(|row| {
+            Value::Object(
+                row.iter()
+                    .take(columns)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        });
+        return json!({
+            "id": alert.id,
+            "record_id": alert.record_id,
+            "verdict": alert.verdict,
+            "alerted_at": alert.alerted_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            "row": row,
+        });
+    }
+    let mut lines = vec![
+        format!(
+            "**{}** 告警编号 {}",
+            coloured(kind, &alert.verdict),
+            alert.id
+        ),
+        format!("记录：{}", clean(&alert.record_id, VALUE_CHARS)),
+        format!("时间：{}", beijing(alert.alerted_at)),
+    ];
+    let cells: Vec<_> = alert
+        .row
+        .iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .collect();
+    for (key, value) in cells.iter().take(columns) {
+        let value = match value {
+            Value::String(s) => clean(s, VALUE_CHARS),
+            other => clean(&other.to_string(), VALUE_CHARS),
+        };
+        lines.push(format!("{}: {value}", clean(key, VALUE_CHARS)));
+    }
+    if cells.len() > columns {
+        lines.push(format!("（其余 {} 个字段未列出）", cells.len() - columns));
+    }
+    Value::String(lines.join(line_break(kind)))
+}
+
+fn div(content: &str) -> Value {
+    json!({"tag": "div", "text": {"tag": "lark_md", "content": content}})
+}
+
+/// The body, Feishu's signature fields first when there is a secret.
+fn envelope(kind: ChannelKind, secret: Option<&str>, now: DateTime<Utc>, rest: Value) -> Value {
+    let mut body = Map::new();
+    if let (ChannelKind::Feishu, Some(secret)) = (kind, secret) {
+        let seconds = now.timestamp();
+        body.insert("timestamp".into(), seconds.to_string().into());
+        body.insert("sign".into(), sign::feishu(secret, seconds).into());
+    }
+    if let Value::Object(rest) = rest {
+        body.extend(rest);
+    }
+    Value::Object(body)
+}
+
+/// The URL, body and headers for a finished body, signed as the kind asks.
+fn finish(
+    kind: ChannelKind,
+    url: &str,
+    secret: Option<&str>,
+    now: DateTime<Utc>,
+    body: &Value,
+    listed: usize,
+    counted: usize,
+) -> Request {
+    let body = serde_json::to_vec(body).expect("a JSON value always serialises");
+    let mut url = url.trim().to_string();
+    let mut headers = vec![("Content-Type", CONTENT_TYPE.to_string())];
+    match (kind, secret) {
+        (ChannelKind::DingTalk, Some(secret)) => {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&sign::dingtalk_query(secret, now.timestamp_millis()));
+        }
+        // The signature covers the body only; the timestamp header is sent
+        // beside it for receivers that want to refuse stale messages.
+        (ChannelKind::Webhook, Some(secret)) => {
+            headers.push(("X-Audit-Alert-Signature", sign::webhook(secret, &body)));
+            headers.push(("X-Audit-Alert-Timestamp", now.timestamp().to_string()));
+        }
+        _ => {}
+    }
+    Request {
+        url,
+        body,
+        headers,
+        listed,
+        counted,
+    }
+}
+
+/// What counts against the kind's limit: WeCom's markdown content, or the whole body.
+fn measure(kind: ChannelKind, body: &Value) -> usize {
+    match kind {
+        ChannelKind::WeCom => body["markdown"]["content"].as_str().map_or(0, str::len),
+        _ => serde_json::to_string(body).map_or(usize::MAX, |s| s.len()),
+    }
+}
+
+/// The largest `x` in `lo..=hi` for which `fits(x)` holds (`fits` holds up
+/// to some point and not after it), or `lo` when none does.
+fn largest(mut lo: usize, mut hi: usize, fits: impl Fn(usize) -> bool) -> usize {
+    while lo < hi {
+        let mid = hi - (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+struct Digest<'a> {
+    kind: ChannelKind,
+    secret: Option<&'a str>,
+    now: DateTime<Utc>,
+    title: String,
+    table: &'a str,
+    alerts: &'a [AlertLine],
+    link: Option<String>,
+}
+
+impl Digest<'_> {
+    /// The body listing `pieces` and counting the alerts after them.
+    fn render(&self, pieces: &[Value]) -> Value {
+        let counted = self.alerts.len() - pieces.len();
+        let mut footer = Vec::new();
+        if counted > 0 {
+            footer.push(format!("……另有 {counted} 条告警未列出"));
+        }
+        match &self.link {
+            Some(link) if counted > 0 || self.alerts.len() > 1 => {
+                footer.push(format!("[在控制台查看全部]({link})"))
+            }
+            _ => {}
+        }
+        let blocks = pieces.iter().filter_map(Value::as_str);
+        let text = || {
+            let mut text = format!("### {}", self.title);
+            for line in blocks.clone().chain(footer.iter().map(String::as_str)) {
+                text.push_str("\n\n");
+                text.push_str(line);
+            }
+            text
+        };
+        let rest = match self.kind {
+            ChannelKind::DingTalk => {
+                json!({"msgtype": "markdown", "markdown": {"title": self.title, "text": text()}})
+            }
+            ChannelKind::WeCom => json!({"msgtype": "markdown", "markdown": {"content": text()}}),
+            ChannelKind::Feishu => {
+                let mut elements: Vec<Value> = blocks.clone().map(div).collect();
+                if !footer.is_empty() {
+                    elements.push(div(&footer.join("\n")));
+                }
+                let red = self.alerts.iter().any(|a| a.verdict == "不合格");
+                json!({"msg_type": "interactive", "card": {
+                    "header": {
+                        "title": {"tag": "plain_text", "content": self.title},
+                        "template": if red { "red" } else { "orange" },
+                    },
+                    "elements": elements,
+                }})
+            }
+            ChannelKind::Webhook => {
+                let mut body = json!({"table": self.table, "count": self.alerts.len()});
+                body["alerts"] = pieces.into();
+                if let Some(link) = &self.link {
+                    body["console_url"] = link.as_str().into();
+                }
+                body
+            }
+        };
+        envelope(self.kind, self.secret, self.now, rest)
+    }
+}
+
+/// Builds the message for `alerts` of the watched table `table` (a digest
+/// when there are several), in Chinese like the e-mail: a title, then each
+/// alert with its verdict coloured, number, record, time (UTC+8) and the
+/// row's non-null columns (values cut to 200 characters).
+///
+/// Alerts are listed in order while the next still fits `kind.max_bytes()`
+/// together with the footer; the rest are counted ("……另有 N 条告警未列出").
+/// The first alert is always listed, with fewer columns when it alone is too
+/// large. With `console_url`, a link to `{console_url}/alerts?table=...`
+/// ends the message when alerts were left out, and always for a digest (the
+/// webhook gets it as the field `console_url`). `now` gives the signature's
+/// timestamp; see [`Request`] for the signatures.
+pub fn build(
+    kind: ChannelKind,
+    url: &str,
+    secret: Option<&str>,
+    table: &str,
+    alerts: &[AlertLine],
+    console_url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Request {
+    let link = console_url.map(|base| {
+        let query = serde_urlencoded::to_string([("table", table)]).unwrap_or_default();
+        format!("{}/alerts?{query}", base.trim_end_matches('/'))
+    });
+    let title = format!(
+        "【内容审核告警】{} {} 条",
+        clean(table, VALUE_CHARS),
+        alerts.len()
+    );
+    let digest = Digest {
+        kind,
+        secret,
+        now,
+        title,
+        table,
+        alerts,
+        link,
+    };
+    let max = kind.max_bytes();
+    let fits = |pieces: &[Value]| measure(kind, &digest.render(pieces)) <= max;
+
+    let mut pieces: Vec<Value> = alerts.iter().map(|a| piece(kind, a, usize::MAX)).collect();
+    if let Some(first) = alerts.first() {
+        let columns = first.row.as_ref().map_or(0, Map::len);
+        let keep = largest(0, columns, |keep| fits(&[piece(kind, first, keep)]));
+        pieces[0] = piece(kind, first, keep);
+    }
+    let listed = largest(alerts.len().min(1), alerts.len(), |k| fits(&pieces[..k]));
+    let body = digest.render(&pieces[..listed]);
+    finish(kind, url, secret, now, &body, listed, alerts.len() - listed)
+}
+
+/// See [`super::build_test`].
+pub fn build_test(
+    kind: ChannelKind,
+    url: &str,
+    secret: Option<&str>,
+    now: DateTime<Utc>,
+) -> Request {
+    let title = "audit-alert 测试消息";
+    let text = format!(
+        "{title}：此渠道配置正确，告警将发送到这里。（北京时间 {}）",
+        beijing(now)
+    );
+    let rest = match kind {
+        ChannelKind::DingTalk => {
+            json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}})
+        }
+        ChannelKind::WeCom => json!({"msgtype": "markdown", "markdown": {"content": text}}),
+        ChannelKind::Feishu => json!({"msg_type": "interactive", "card": {
+            "header": {"title": {"tag": "plain_text", "content": title}, "template": "blue"},
+            "elements": [div(&text)],
+        }}),
+        ChannelKind::Webhook => json!({
+            "test": true,
+            "message": text,
+            "sent_at": now.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        }),
+    };
+    finish(
+        kind,
+        url,
+        secret,
+        now,
+        &envelope(kind, secret, now, rest),
+        0,
+        0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn alert(id: i64, verdict: &str, columns: usize, value: &str) -> AlertLine {
+        let row = (0..columns)
+            .map(|c| (format!("col{c}"), value.into()))
+            .collect();
+        let alerted_at = Utc.with_ymd_and_hms(2024, 5, 1, 16, 30, 0).unwrap();
+        let (record_id, verdict) = (format!("rec-{id}"), verdict.into());
+        AlertLine {
+            id,
+            record_id,
+            verdict,
+            alerted_at,
+            row: Some(row),
+        }
+    }
+
+    fn many(n: i64) -> Vec<AlertLine> {
+        let verdict = |id| {
+            if id % 2 == 0 {
+                "不合格"
+            } else {
+                "不确定"
+            }
+        };
+        (1..=n)
+            .map(|id| alert(id, verdict(id), 3, "一段需要审核的内容"))
+            .collect()
+    }
+
+    const URL: &str = "https://h/x?access_token=t";
+    const SECRET: Option<&str> = Some("SEC0123");
+
+    /// Builds for table "posts" at 1700000000 s; the request and its body.
+    fn make(kind: ChannelKind, alerts: &[AlertLine], console: Option<&str>) -> (Request, Value) {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let request = build(kind, URL, SECRET, "posts", alerts, console, now);
+        let body = serde_json::from_slice(&request.body).unwrap();
+        (request, body)
+    }
+
+    #[test]
+    fn wecom_digest_of_500_fits_4096_and_counts_the_rest() {
+        let (request, body) = make(ChannelKind::WeCom, &many(500), Some("https://console/"));
+        let content = body["markdown"]["content"].as_str().unwrap();
+        assert!(content.len() <= 4096, "{}", content.len());
+        assert_eq!(request.listed + request.counted, 500);
+        assert!(request.listed > 1 && request.counted > 0);
+        assert!(content.starts_with("### 【内容审核告警】posts 500 条"));
+        assert!(content.contains(&format!("……另有 {} 条告警未列出", request.counted)));
+        assert!(content.ends_with("[在控制台查看全部](https://console/alerts?table=posts)"));
+        assert!(content.contains("<font color=\"warning\">不合格</font>"));
+        assert!(content.contains("<font color=\"comment\">不确定</font>"));
+        assert!(content.contains("时间：2024-05-02 00:30:00"));
+        assert_eq!(request.url, URL);
+    }
+
+    #[test]
+    fn feishu_and_dingtalk_digests_fit_their_limits() {
+        let (request, body) = make(ChannelKind::Feishu, &many(500), None);
+        assert!(request.body.len() <= 20 * 1024, "{}", request.body.len());
+        assert_eq!(request.listed + request.counted, 500);
+        assert_eq!(body["timestamp"], "1700000000");
+        assert_eq!(body["sign"], sign::feishu("SEC0123", 1_700_000_000));
+        assert_eq!(body["card"]["header"]["template"], "red");
+        let elements = body["card"]["elements"].as_array().unwrap();
+        assert_eq!(elements.len(), request.listed + 1);
+        let footer = &elements[request.listed]["text"]["content"];
+        assert_eq!(
+            footer.as_str().unwrap(),
+            format!("……另有 {} 条告警未列出", request.counted)
+        );
+        let (request, _) = make(ChannelKind::DingTalk, &many(500), None);
+        assert!(request.body.len() <= 20_000 && request.listed + request.counted == 500);
+    }
+
+    #[test]
+    fn dingtalk_single_alert_signed_in_the_url() {
+        let (request, body) = make(
+            ChannelKind::DingTalk,
+            &[alert(7, "不合格", 2, "x")],
+            Some("c"),
+        );
+        let signature = sign::dingtalk_query("SEC0123", 1_700_000_000_000);
+        assert_eq!(request.url, format!("{URL}&{signature}"));
+        assert_eq!((request.listed, request.counted), (1, 0));
+        assert_eq!(body["markdown"]["title"], "【内容审核告警】posts 1 条");
+        let text = body["markdown"]["text"].as_str().unwrap();
+        assert!(text.contains("**<font color=\"#FF0000\">不合格</font>** 告警编号 7"));
+        assert!(text.contains("\n\ncol1: x"));
+        // One alert, nothing left out: no console link.
+        assert!(!text.contains("在控制台查看全部"));
+        assert_eq!(
+            request.headers,
+            [("Content-Type", CONTENT_TYPE.to_string())]
+        );
+    }
+
+    #[test]
+    fn an_oversized_first_alert_is_listed_with_fewer_columns() {
+        let big = "很长的内容".repeat(60);
+        let alerts = [alert(1, "不合格", 60, &big), alert(2, "不合格", 60, &big)];
+        let (request, body) = make(ChannelKind::WeCom, &alerts, None);
+        let content = body["markdown"]["content"].as_str().unwrap();
+        assert!(content.len() <= 4096);
+        assert_eq!((request.listed, request.counted), (1, 1));
+        assert!(content.contains("个字段未列出") && content.contains("……另有 1 条告警未列出"));
+        // Values are cut to 200 characters.
+        assert!(content.contains(&format!("col0: {}…", "很长的内容".repeat(40))));
+    }
+
+    #[test]
+    fn values_cannot_add_markup_or_lines() {
+        let mut line = alert(1, "不合格", 0, "");
+        let cells = [
+            ("a", "<at id=all></at>\n### x".into()),
+            ("b", Value::Null),
+            ("c", 3.into()),
+        ];
+        line.row = Some(cells.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+        let (_, body) = make(ChannelKind::Feishu, &[line], None);
+        let text = body["card"]["elements"][0]["text"]["content"]
+            .as_str()
+            .unwrap();
+        assert!(text.contains("a: ＜at id=all＞＜/at＞ ### x"));
+        assert!(!text.contains("b:") && text.contains("c: 3"));
+    }
+
+    #[test]
+    fn webhook_body_and_signature_header() {
+        let (request, body) = make(ChannelKind::Webhook, &many(3), Some("https://c"));
+        assert_eq!(
+            (body["table"].as_str(), body["count"].as_u64()),
+            (Some("posts"), Some(3))
+        );
+        assert_eq!(body["alerts"][1]["alerted_at"], "2024-05-01T16:30:00Z");
+        assert_eq!(body["alerts"][1]["row"]["col0"], "一段需要审核的内容");
+        assert_eq!(body["console_url"], "https://c/alerts?table=posts");
+        assert_eq!((request.listed, request.counted), (3, 0));
+        let signature = sign::webhook("SEC0123", &request.body);
+        let expected = [
+            ("Content-Type", CONTENT_TYPE.to_string()),
+            ("X-Audit-Alert-Signature", signature),
+            ("X-Audit-Alert-Timestamp", "1700000000".to_string()),
+        ];
+        assert_eq!(request.headers, expected);
+    }
+
+    #[test]
+    fn test_messages_for_every_kind() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        for kind in ChannelKind::ALL {
+            let request = build_test(kind, URL, SECRET, now);
+            let body = String::from_utf8(request.body).unwrap();
+            assert!(body.contains("audit-alert 测试消息"));
+            assert_eq!(
+                request.url.contains("&sign="),
+                kind == ChannelKind::DingTalk
+            );
+            assert_eq!(body.contains("\"sign\""), kind == ChannelKind::Feishu);
+        }
+    }
+}
