@@ -48,7 +48,16 @@ fn query_has(url: &Url, name: &str) -> bool {
         .any(|(k, v)| k == name && !v.trim().is_empty())
 }
 
-/// See [`super::check_url`].
+/// Checks a webhook URL when it is saved. It must be http(s), without user
+/// name or password, and its host must be in `allowed_hosts` (exact, any
+/// letter case; an entry "host:port" allows that port only). Plain http is
+/// refused for the public services and for hosts not listed; internal IP
+/// addresses (loopback, private, link-local, 100.64/10, unspecified) only
+/// when listed themselves. DingTalk URLs must carry `access_token`, WeCom
+/// URLs `key`, Feishu / Lark paths start with `/open-apis/bot/v2/hook/`.
+///
+/// The error is one sentence naming the problem, without the URL's secret
+/// parts (token, key, hook id).
 pub fn check_url(kind: ChannelKind, url: &str, allowed_hosts: &[String]) -> Result<(), String> {
     let url =
         Url::parse(url.trim()).map_err(|_| "the webhook URL is not a valid URL".to_string())?;

@@ -143,7 +143,12 @@ fn snippet(body: &[u8]) -> String {
         .collect()
 }
 
-/// See [`super::judge`].
+/// Decodes a service's answer. HTTP 429 is `RateLimited`, 5xx `Transient`,
+/// a redirect `Permanent` ("redirect refused"), other non-2xx `Permanent`
+/// ("http N"). In a 2xx answer the bots' own codes decide: 0 is delivered,
+/// their rate-limit codes are `RateLimited`, "system busy" (-1) is
+/// `Transient`, everything else `Permanent`; a body that is not JSON is
+/// `Transient` ("bad answer"). The generic webhook is delivered on any 2xx.
 pub fn judge(kind: ChannelKind, status: u16, body: &[u8]) -> Answer {
     use FailureClass::*;
     match status {

@@ -61,7 +61,11 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// See [`super::client`].
+/// The HTTP client of the channels: rustls with the ring provider, no proxy,
+/// no redirects followed, 5 s to connect and 10 s in all. Names resolving
+/// only to internal addresses are refused unless listed in
+/// `allow_private_hosts` (entries may carry a port, which is ignored here),
+/// so an allowed host cannot be pointed at an internal service.
 pub fn client(allow_private_hosts: &[String]) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -104,7 +108,9 @@ fn transport(err: reqwest::Error) -> Answer {
     }
 }
 
-/// See [`super::send`].
+/// POSTs a request and decodes the answer. Transport errors are `Transient`
+/// ("timeout" or "connect"), except a name refused by the resolver, which is
+/// `Permanent` ("address refused").
 pub async fn send(client: &reqwest::Client, kind: ChannelKind, request: &Request) -> Answer {
     let Ok(url) = reqwest::Url::parse(&request.url) else {
         return failed(

@@ -15,18 +15,18 @@ const VALUE_CHARS: usize = 200;
 /// angle brackets become full-width ones (so it cannot add tags such as
 /// `<font>` or Feishu's `<at>`); cut to `max` characters.
 fn clean(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max * 4));
-    for (i, c) in s.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        out.push(match c {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| match c {
             '<' => '＜',
             '>' => '＞',
             c if c.is_control() => ' ',
             c => c,
-        });
+        })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push('…');
     }
     out
 }
@@ -38,65 +38,42 @@ fn beijing(at: DateTime<Utc>) -> String {
         .to_string()
 }
 
-fn coloured(kind: ChannelKind, verdict: &str) -> String {
-    let (dingtalk, wecom, feishu) = match verdict {
-        "不合格" => ("#FF0000", "warning", "red"),
-        "不确定" => ("#FF8C00", "comment", "orange"),
-        _ => ("#FF8C00", "warning", "orange"),
-    };
-    let verdict = clean(verdict, 50);
-    match kind {
-        ChannelKind::DingTalk => format!("<font color=\"{dingtalk}\">{verdict}</font>"),
-        ChannelKind::WeCom => format!("<font color=\"{wecom}\">{verdict}</font>"),
-        ChannelKind::Feishu => format!("<font color='{feishu}'>{verdict}</font>"),
-        ChannelKind::Webhook => verdict,
-    }
-}
-
-/// Between lines of one alert; DingTalk needs a blank line to break one.
-fn line_break(kind: ChannelKind) -> &'static str {
-    if kind == ChannelKind::DingTalk {
-        "\n\n"
-    } else {
-        "\n"
-    }
-}
-
 /// One alert with at most `columns` of its row's columns: a markdown block
 /// (as a JSON string) for the bots, the alert object for the webhook.
 fn piece(kind: ChannelKind, alert: &AlertLine, columns: usize) -> Value {
+    let row = alert.row.iter().flatten();
     if kind == ChannelKind::Webhook {
-        let row = alert.row.as_ref().map(|row| {
-            Value::Object(
-                row.iter()
-                    .take(columns)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
+        let row: Option<Map<_, _>> = alert.row.as_ref().map(|_| {
+            row.take(columns)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         });
+        let alerted_at = alert
+            .alerted_at
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        let (id, record_id, verdict) = (alert.id, &alert.record_id, &alert.verdict);
         return json!({
-            "id": alert.id,
-            "record_id": alert.record_id,
-            "verdict": alert.verdict,
-            "alerted_at": alert.alerted_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            "row": row,
+            "id": id, "record_id": record_id, "verdict": verdict, "alerted_at": alerted_at, "row": row,
         });
     }
+    let colour = match (kind, alert.verdict.as_str()) {
+        (ChannelKind::DingTalk, "不合格") => "\"#FF0000\"",
+        (ChannelKind::DingTalk, _) => "\"#FF8C00\"",
+        (ChannelKind::WeCom, "不确定") => "\"comment\"",
+        (ChannelKind::WeCom, _) => "\"warning\"",
+        (_, "不合格") => "'red'",
+        _ => "'orange'",
+    };
+    let verdict = clean(&alert.verdict, 50);
     let mut lines = vec![
         format!(
-            "**{}** 告警编号 {}",
-            coloured(kind, &alert.verdict),
+            "**<font color={colour}>{verdict}</font>** 告警编号 {}",
             alert.id
         ),
         format!("记录：{}", clean(&alert.record_id, VALUE_CHARS)),
         format!("时间：{}", beijing(alert.alerted_at)),
     ];
-    let cells: Vec<_> = alert
-        .row
-        .iter()
-        .flatten()
-        .filter(|(_, v)| !v.is_null())
-        .collect();
+    let cells: Vec<_> = row.filter(|(_, v)| !v.is_null()).collect();
     for (key, value) in cells.iter().take(columns) {
         let value = match value {
             Value::String(s) => clean(s, VALUE_CHARS),
@@ -107,36 +84,65 @@ fn piece(kind: ChannelKind, alert: &AlertLine, columns: usize) -> Value {
     if cells.len() > columns {
         lines.push(format!("（其余 {} 个字段未列出）", cells.len() - columns));
     }
-    Value::String(lines.join(line_break(kind)))
+    // DingTalk needs a blank line to break a line.
+    let line_break = if kind == ChannelKind::DingTalk {
+        "\n\n"
+    } else {
+        "\n"
+    };
+    Value::String(lines.join(line_break))
 }
 
-fn div(content: &str) -> Value {
-    json!({"tag": "div", "text": {"tag": "lark_md", "content": content}})
-}
-
-/// The body, Feishu's signature fields first when there is a secret.
-fn envelope(kind: ChannelKind, secret: Option<&str>, now: DateTime<Utc>, rest: Value) -> Value {
-    let mut body = Map::new();
-    if let (ChannelKind::Feishu, Some(secret)) = (kind, secret) {
-        let seconds = now.timestamp();
-        body.insert("timestamp".into(), seconds.to_string().into());
-        body.insert("sign".into(), sign::feishu(secret, seconds).into());
+/// A bot's body: the title, then `blocks` as paragraphs (Feishu: one card
+/// element each). Feishu's signature fields come first when there is a secret.
+fn bot_body(
+    kind: ChannelKind,
+    title: &str,
+    blocks: &[&str],
+    template: &str,
+    feishu_sign: Option<(i64, String)>,
+) -> Value {
+    let text = || {
+        [format!("### {title}")]
+            .into_iter()
+            .chain(blocks.iter().map(|b| b.to_string()))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    };
+    match kind {
+        ChannelKind::DingTalk => {
+            json!({"msgtype": "markdown", "markdown": {"title": title, "text": text()}})
+        }
+        ChannelKind::WeCom => json!({"msgtype": "markdown", "markdown": {"content": text()}}),
+        _ => {
+            let elements: Vec<Value> = blocks
+                .iter()
+                .map(|b| json!({"tag": "div", "text": {"tag": "lark_md", "content": b}}))
+                .collect();
+            let header =
+                json!({"title": {"tag": "plain_text", "content": title}, "template": template});
+            let mut body = Map::new();
+            if let Some((seconds, sign)) = feishu_sign {
+                body.insert("timestamp".into(), seconds.to_string().into());
+                body.insert("sign".into(), sign.into());
+            }
+            body.insert("msg_type".into(), "interactive".into());
+            body.insert(
+                "card".into(),
+                json!({"header": header, "elements": elements}),
+            );
+            Value::Object(body)
+        }
     }
-    if let Value::Object(rest) = rest {
-        body.extend(rest);
-    }
-    Value::Object(body)
 }
 
-/// The URL, body and headers for a finished body, signed as the kind asks.
+/// The request for a finished body, signed as the kind asks.
 fn finish(
     kind: ChannelKind,
     url: &str,
     secret: Option<&str>,
     now: DateTime<Utc>,
     body: &Value,
-    listed: usize,
-    counted: usize,
 ) -> Request {
     let body = serde_json::to_vec(body).expect("a JSON value always serialises");
     let mut url = url.trim().to_string();
@@ -158,17 +164,18 @@ fn finish(
         url,
         body,
         headers,
-        listed,
-        counted,
+        listed: 0,
+        counted: 0,
     }
 }
 
-/// What counts against the kind's limit: WeCom's markdown content, or the whole body.
-fn measure(kind: ChannelKind, body: &Value) -> usize {
-    match kind {
-        ChannelKind::WeCom => body["markdown"]["content"].as_str().map_or(0, str::len),
-        _ => serde_json::to_string(body).map_or(usize::MAX, |s| s.len()),
-    }
+fn feishu_sign(
+    kind: ChannelKind,
+    secret: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<(i64, String)> {
+    let secret = secret.filter(|_| kind == ChannelKind::Feishu)?;
+    Some((now.timestamp(), sign::feishu(secret, now.timestamp())))
 }
 
 /// The largest `x` in `lo..=hi` for which `fits(x)` holds (`fits` holds up
@@ -183,71 +190,6 @@ fn largest(mut lo: usize, mut hi: usize, fits: impl Fn(usize) -> bool) -> usize 
         }
     }
     lo
-}
-
-struct Digest<'a> {
-    kind: ChannelKind,
-    secret: Option<&'a str>,
-    now: DateTime<Utc>,
-    title: String,
-    table: &'a str,
-    alerts: &'a [AlertLine],
-    link: Option<String>,
-}
-
-impl Digest<'_> {
-    /// The body listing `pieces` and counting the alerts after them.
-    fn render(&self, pieces: &[Value]) -> Value {
-        let counted = self.alerts.len() - pieces.len();
-        let mut footer = Vec::new();
-        if counted > 0 {
-            footer.push(format!("……另有 {counted} 条告警未列出"));
-        }
-        match &self.link {
-            Some(link) if counted > 0 || self.alerts.len() > 1 => {
-                footer.push(format!("[在控制台查看全部]({link})"))
-            }
-            _ => {}
-        }
-        let blocks = pieces.iter().filter_map(Value::as_str);
-        let text = || {
-            let mut text = format!("### {}", self.title);
-            for line in blocks.clone().chain(footer.iter().map(String::as_str)) {
-                text.push_str("\n\n");
-                text.push_str(line);
-            }
-            text
-        };
-        let rest = match self.kind {
-            ChannelKind::DingTalk => {
-                json!({"msgtype": "markdown", "markdown": {"title": self.title, "text": text()}})
-            }
-            ChannelKind::WeCom => json!({"msgtype": "markdown", "markdown": {"content": text()}}),
-            ChannelKind::Feishu => {
-                let mut elements: Vec<Value> = blocks.clone().map(div).collect();
-                if !footer.is_empty() {
-                    elements.push(div(&footer.join("\n")));
-                }
-                let red = self.alerts.iter().any(|a| a.verdict == "不合格");
-                json!({"msg_type": "interactive", "card": {
-                    "header": {
-                        "title": {"tag": "plain_text", "content": self.title},
-                        "template": if red { "red" } else { "orange" },
-                    },
-                    "elements": elements,
-                }})
-            }
-            ChannelKind::Webhook => {
-                let mut body = json!({"table": self.table, "count": self.alerts.len()});
-                body["alerts"] = pieces.into();
-                if let Some(link) = &self.link {
-                    body["console_url"] = link.as_str().into();
-                }
-                body
-            }
-        };
-        envelope(self.kind, self.secret, self.now, rest)
-    }
 }
 
 /// Builds the message for `alerts` of the watched table `table` (a digest
@@ -271,26 +213,52 @@ pub fn build(
     console_url: Option<&str>,
     now: DateTime<Utc>,
 ) -> Request {
+    let n = alerts.len();
     let link = console_url.map(|base| {
         let query = serde_urlencoded::to_string([("table", table)]).unwrap_or_default();
         format!("{}/alerts?{query}", base.trim_end_matches('/'))
     });
-    let title = format!(
-        "【内容审核告警】{} {} 条",
-        clean(table, VALUE_CHARS),
-        alerts.len()
-    );
-    let digest = Digest {
-        kind,
-        secret,
-        now,
-        title,
-        table,
-        alerts,
-        link,
+    let title = format!("【内容审核告警】{} {n} 条", clean(table, VALUE_CHARS));
+    let red = alerts.iter().any(|a| a.verdict == "不合格");
+    let signature = feishu_sign(kind, secret, now);
+    // The body listing `pieces` and counting the alerts after them.
+    let render = |pieces: &[Value]| -> Value {
+        let counted = n - pieces.len();
+        if kind == ChannelKind::Webhook {
+            let mut body = json!({"table": table, "count": n, "alerts": pieces});
+            if let Some(link) = &link {
+                body["console_url"] = link.as_str().into();
+            }
+            return body;
+        }
+        let mut blocks: Vec<&str> = pieces.iter().filter_map(Value::as_str).collect();
+        let more = format!("……另有 {counted} 条告警未列出");
+        let link = link
+            .as_ref()
+            .filter(|_| counted > 0 || n > 1)
+            .map(|l| format!("[在控制台查看全部]({l})"));
+        let footer = [(counted > 0).then_some(more), link]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        let footer = footer.join(if kind == ChannelKind::WeCom {
+            "\n"
+        } else {
+            "\n\n"
+        });
+        if !footer.is_empty() {
+            blocks.push(&footer);
+        }
+        let template = if red { "red" } else { "orange" };
+        bot_body(kind, &title, &blocks, template, signature.clone())
     };
     let max = kind.max_bytes();
-    let fits = |pieces: &[Value]| measure(kind, &digest.render(pieces)) <= max;
+    let fits = |pieces: &[Value]| match (kind, render(pieces)) {
+        (ChannelKind::WeCom, body) => {
+            body["markdown"]["content"].as_str().map_or(0, str::len) <= max
+        }
+        (_, body) => serde_json::to_vec(&body).is_ok_and(|b| b.len() <= max),
+    };
 
     let mut pieces: Vec<Value> = alerts.iter().map(|a| piece(kind, a, usize::MAX)).collect();
     if let Some(first) = alerts.first() {
@@ -298,12 +266,16 @@ pub fn build(
         let keep = largest(0, columns, |keep| fits(&[piece(kind, first, keep)]));
         pieces[0] = piece(kind, first, keep);
     }
-    let listed = largest(alerts.len().min(1), alerts.len(), |k| fits(&pieces[..k]));
-    let body = digest.render(&pieces[..listed]);
-    finish(kind, url, secret, now, &body, listed, alerts.len() - listed)
+    let listed = largest(n.min(1), n, |k| fits(&pieces[..k]));
+    let body = render(&pieces[..listed]);
+    Request {
+        listed,
+        counted: n - listed,
+        ..finish(kind, url, secret, now, &body)
+    }
 }
 
-/// See [`super::build_test`].
+/// A test message ("audit-alert 测试消息 ...") for a channel, signed like the alerts.
 pub fn build_test(
     kind: ChannelKind,
     url: &str,
@@ -315,30 +287,20 @@ pub fn build_test(
         "{title}：此渠道配置正确，告警将发送到这里。（北京时间 {}）",
         beijing(now)
     );
-    let rest = match kind {
-        ChannelKind::DingTalk => {
-            json!({"msgtype": "markdown", "markdown": {"title": title, "text": text}})
+    let body = match kind {
+        ChannelKind::Webhook => {
+            let sent_at = now.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+            json!({"test": true, "message": text, "sent_at": sent_at})
         }
-        ChannelKind::WeCom => json!({"msgtype": "markdown", "markdown": {"content": text}}),
-        ChannelKind::Feishu => json!({"msg_type": "interactive", "card": {
-            "header": {"title": {"tag": "plain_text", "content": title}, "template": "blue"},
-            "elements": [div(&text)],
-        }}),
-        ChannelKind::Webhook => json!({
-            "test": true,
-            "message": text,
-            "sent_at": now.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        }),
+        _ => bot_body(
+            kind,
+            title,
+            &[&text],
+            "blue",
+            feishu_sign(kind, secret, now),
+        ),
     };
-    finish(
-        kind,
-        url,
-        secret,
-        now,
-        &envelope(kind, secret, now, rest),
-        0,
-        0,
-    )
+    finish(kind, url, secret, now, &body)
 }
 
 #[cfg(test)]

@@ -1,11 +1,5 @@
 //! Chat-bot channels beside e-mail: WeCom, DingTalk, Feishu / Lark and a
 //! generic webhook.
-//!
-//! - `address`: which webhook URLs may be saved, and which addresses reached.
-//! - `message`: the messages in each service's format, cut to its size limit.
-//! - `sign`: the services' signatures.
-//! - `answer`: what the services answer, classified.
-//! - `http`: the HTTP client and sending.
 
 mod address;
 mod answer;

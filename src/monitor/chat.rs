@@ -21,10 +21,18 @@ use crate::db;
 /// What one channel did with the alerts of a batch it was given.
 #[derive(Clone, Debug)]
 pub enum ChannelResult {
-    Delivered { at: DateTime<Utc> },
-    Failed { class: FailureClass, code: String, message: String },
+    Delivered {
+        at: DateTime<Utc>,
+    },
+    Failed {
+        class: FailureClass,
+        code: String,
+        message: String,
+    },
     /// The bot's send limit is reached until then.
-    Waiting { until: DateTime<Utc> },
+    Waiting {
+        until: DateTime<Utc>,
+    },
 }
 
 /// An alert's destinations done already: delivered or refused for good.

@@ -9,9 +9,7 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    chat, digest, intake, outbox, tables, Worker, PARALLEL_DIGESTS, VACUUM_INBOX_AFTER,
-};
+use super::{chat, digest, intake, outbox, tables, Worker, PARALLEL_DIGESTS, VACUUM_INBOX_AFTER};
 
 impl Worker {
     /// Claims one batch of due alerts and delivers it; returns how many

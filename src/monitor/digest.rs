@@ -17,8 +17,8 @@ use super::chat::{self, ChannelResult};
 use super::outbox::{AlertStatus, ClaimedAlert, Outcome};
 use super::retry::RetryPolicy;
 use super::snapshot::{Recipient, Snapshot};
-use crate::mail::render::RenderedMail;
 use crate::channels::FailureClass;
+use crate::mail::render::RenderedMail;
 use crate::mail::transport::FailureKind;
 use crate::mail::{AlertRecord, DeliveryError, Mailer, Renderer};
 
@@ -97,13 +97,16 @@ pub async fn send_digest(
         let Some(result) = chat.get(&channel.id) else {
             continue;
         };
-        outcome.channels.insert(
-            channel.id.to_string(),
-            chat::outcome_json(channel, result),
-        );
+        outcome
+            .channels
+            .insert(channel.id.to_string(), chat::outcome_json(channel, result));
         match result {
             ChannelResult::Delivered { .. } => outcome.delivered.push(destination),
-            ChannelResult::Failed { class, code, message } => {
+            ChannelResult::Failed {
+                class,
+                code,
+                message,
+            } => {
                 let words = format!("{} {code}: {message}", channel.kind.as_str());
                 let error = match class {
                     FailureClass::Permanent => DeliveryError::permanent(words),
@@ -151,8 +154,7 @@ pub async fn send_digest(
             tracing::debug!(records = records.len(), bytes = mail.html.len() + mail.text.len(), rendered_in = ?started.elapsed(), "rendered");
             let id = format!("<{}@audit-alert>", uuid::Uuid::now_v7().simple());
             let bodies = Bodies::encode(mail);
-            let results =
-                join_all(targets.iter().map(|r| send_one(mailer, r, &bodies, &id))).await;
+            let results = join_all(targets.iter().map(|r| send_one(mailer, r, &bodies, &id))).await;
             for (r, result) in targets.iter().zip(results) {
                 match result {
                     Ok(()) => outcome.delivered.push(r.email.clone()),
@@ -362,11 +364,21 @@ mod tests {
             ..Destinations::default()
         };
         let policy = RetryPolicy::default();
-        let out = judge(&group(std::slice::from_ref(&a), 10)[0], &policy, failed(), None);
+        let out = judge(
+            &group(std::slice::from_ref(&a), 10)[0],
+            &policy,
+            failed(),
+            None,
+        );
         assert_eq!(out.status, AlertStatus::Pending);
         assert!(out.retry_in_ms > 0);
         a.attempts = policy.max_attempts as i32;
-        let out = judge(&group(std::slice::from_ref(&a), 10)[0], &policy, failed(), None);
+        let out = judge(
+            &group(std::slice::from_ref(&a), 10)[0],
+            &policy,
+            failed(),
+            None,
+        );
         assert_eq!(out.status, AlertStatus::Failed);
     }
 }

@@ -35,10 +35,12 @@ pub mod statements {
     pub use super::intake::TAKE_IN;
     pub use super::outbox::{CLAIM, RECORD_OUTCOME};
 }
+pub use chat::{take_send, ChannelResult};
 pub use retry::RetryPolicy;
 pub use settings::{validate_setting, Setting, SettingError, SettingKind, Switches, SETTINGS};
-pub use chat::{take_send, ChannelResult};
-pub use snapshot::{channel, smtp_configuration, Channel, Recipient, SmtpState, Snapshot, WatchedTable};
+pub use snapshot::{
+    channel, smtp_configuration, Channel, Recipient, SmtpState, Snapshot, WatchedTable,
+};
 pub use status::MonitorStatus;
 pub use sweeper::{sweep, SweepReport};
 pub use tables::{fetch_rows, unwatch, watch, WatchError, WatchRequest, Watched, DEFAULT_VERDICTS};

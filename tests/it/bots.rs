@@ -144,7 +144,11 @@ async fn receive(
         .or_else(|| answer.get("code"))
         .and_then(Value::as_i64)
         .unwrap_or(if status == 200 { 0 } else { status as i64 });
-    state.arrived.lock().unwrap().push(Arrived { body: parsed, code });
+    state
+        .arrived
+        .lock()
+        .unwrap()
+        .push(Arrived { body: parsed, code });
     poem::Response::builder()
         .status(poem::http::StatusCode::from_u16(status).unwrap())
         .content_type("application/json")
@@ -180,30 +184,48 @@ fn check(
         Service::DingTalk => {
             if let Some(secret) = &state.secret {
                 let ts = query.get("timestamp").cloned().unwrap_or_default();
-                let expected = b64(&hmac(secret.as_bytes(), format!("{ts}\n{secret}").as_bytes()));
+                let expected = b64(&hmac(
+                    secret.as_bytes(),
+                    format!("{ts}\n{secret}").as_bytes(),
+                ));
                 // The query was URL-decoded by the server.
                 if query.get("sign") != Some(&expected) {
-                    return (200, json!({"errcode": 310000, "errmsg": "sign not match, more: [https://ding-doc.dingtalk.com/doc#/serverapi2/qf2nxq]"}));
+                    return (
+                        200,
+                        json!({"errcode": 310000, "errmsg": "sign not match, more: [https://ding-doc.dingtalk.com/doc#/serverapi2/qf2nxq]"}),
+                    );
                 }
             }
             if body["msgtype"] != "markdown" || !body["markdown"]["text"].is_string() {
                 return (200, json!({"errcode": 40035, "errmsg": "缺少参数 json"}));
             }
             if !within(state, &[(20, minute)]) {
-                return (200, json!({"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"}));
+                return (
+                    200,
+                    json!({"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"}),
+                );
             }
             (200, json!({"errcode": 0, "errmsg": "ok"}))
         }
         Service::WeCom => {
             let content = body["markdown"]["content"].as_str().unwrap_or_default();
             if body["msgtype"] != "markdown" || content.is_empty() {
-                return (200, json!({"errcode": 40008, "errmsg": "invalid message type"}));
+                return (
+                    200,
+                    json!({"errcode": 40008, "errmsg": "invalid message type"}),
+                );
             }
             if content.len() > 4096 {
-                return (200, json!({"errcode": 40058, "errmsg": "markdown.content exceed max length 4096"}));
+                return (
+                    200,
+                    json!({"errcode": 40058, "errmsg": "markdown.content exceed max length 4096"}),
+                );
             }
             if !within(state, &[(20, minute)]) {
-                return (200, json!({"errcode": 45009, "errmsg": "api freq out of limit"}));
+                return (
+                    200,
+                    json!({"errcode": 45009, "errmsg": "api freq out of limit"}),
+                );
             }
             (200, json!({"errcode": 0, "errmsg": "ok"}))
         }
@@ -212,17 +234,29 @@ fn check(
                 let ts = body["timestamp"].as_str().unwrap_or_default();
                 let expected = b64(&hmac(format!("{ts}\n{secret}").as_bytes(), b""));
                 if body["sign"].as_str() != Some(expected.as_str()) {
-                    return (200, json!({"code": 19021, "data": {}, "msg": "sign match fail or timestamp is not within one hour from current time"}));
+                    return (
+                        200,
+                        json!({"code": 19021, "data": {}, "msg": "sign match fail or timestamp is not within one hour from current time"}),
+                    );
                 }
             }
             if bytes.len() > 20 * 1024 {
-                return (200, json!({"code": 9499, "data": {}, "msg": "the request body is too large"}));
+                return (
+                    200,
+                    json!({"code": 9499, "data": {}, "msg": "the request body is too large"}),
+                );
             }
             if body["msg_type"] != "interactive" || !body["card"].is_object() {
-                return (200, json!({"code": 19002, "data": {}, "msg": "params error, msg_type need"}));
+                return (
+                    200,
+                    json!({"code": 19002, "data": {}, "msg": "params error, msg_type need"}),
+                );
             }
             if !within(state, &[(100, minute), (5, Duration::from_secs(1))]) {
-                return (200, json!({"code": 9499, "data": {}, "msg": "too many request"}));
+                return (
+                    200,
+                    json!({"code": 9499, "data": {}, "msg": "too many request"}),
+                );
             }
             (200, json!({"code": 0, "data": {}, "msg": "success"}))
         }

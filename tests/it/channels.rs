@@ -18,7 +18,10 @@ async fn start(smtp: &SmtpServer) -> (TestDb, audit_alert::app::App, tokio_postg
     configure(&db, smtp.port, ONCALL).await;
     let config = db.config_with(&[
         ("SECRET_KEY", KEY),
-        ("CHANNEL_ALLOWED_HOSTS", "127.0.0.1,oapi.dingtalk.com,qyapi.weixin.qq.com,open.feishu.cn"),
+        (
+            "CHANNEL_ALLOWED_HOSTS",
+            "127.0.0.1,oapi.dingtalk.com,qyapi.weixin.qq.com,open.feishu.cn",
+        ),
         ("PUBLIC_URL", "https://alerts.example.com"),
     ]);
     let app = audit_alert::app::App::start(&config).await.unwrap();
@@ -29,11 +32,13 @@ async fn start(smtp: &SmtpServer) -> (TestDb, audit_alert::app::App, tokio_postg
 
 /// Adds a channel through the API; its id.
 async fn add(app: &audit_alert::app::App, kind: &str, url: &str, secret: Option<&str>) -> i64 {
-    let mut body = json!({"table_name": "audit_results", "type": kind, "webhook_url": url, "name": kind});
+    let mut body =
+        json!({"table_name": "audit_results", "type": kind, "webhook_url": url, "name": kind});
     if let Some(s) = secret {
         body["secret"] = json!(s);
     }
-    let (status, _, saved) = raw(app, "POST", "/api/config/channels", Some(&body.to_string())).await;
+    let (status, _, saved) =
+        raw(app, "POST", "/api/config/channels", Some(&body.to_string())).await;
     assert_eq!(status, 200, "{saved}");
     assert!(saved.get("webhook_url").is_none() && saved.get("secret").is_none());
     saved["id"].as_i64().unwrap()
@@ -49,7 +54,16 @@ async fn alert(app: &audit_alert::app::App, client: &tokio_postgres::Client, rec
         .await
         .unwrap();
     match row {
-        Some(r) => raw(app, "GET", &format!("/api/alerts/{}", r.get::<_, i64>(0)), None).await.2,
+        Some(r) => {
+            raw(
+                app,
+                "GET",
+                &format!("/api/alerts/{}", r.get::<_, i64>(0)),
+                None,
+            )
+            .await
+            .2
+        }
         None => Value::Null,
     }
 }
@@ -74,7 +88,12 @@ async fn each_channel_gets_the_alert_signed_as_its_service_documents() {
         add(&app, "webhook", &webhook.url(), Some("wh-secret")).await,
     ];
     eventually("the channels are loaded", async || {
-        app.worker().snapshot().channels.get("audit_results").map(Vec::len) == Some(4)
+        app.worker()
+            .snapshot()
+            .channels
+            .get("audit_results")
+            .map(Vec::len)
+            == Some(4)
     })
     .await;
 
@@ -87,11 +106,18 @@ async fn each_channel_gets_the_alert_signed_as_its_service_documents() {
         .await;
         assert_eq!(got.len(), 1, "one message: {got:?}");
         assert_eq!(got[0].code, 0, "accepted: {got:?}");
-        assert!(text(&got[0].body).contains(&format!("{record}")), "{}", got[0].body);
+        assert!(
+            text(&got[0].body).contains(&format!("{record}")),
+            "{}",
+            got[0].body
+        );
     }
     assert!(text(&dingtalk.accepted()[0]).contains("不合格"));
     assert_eq!(feishu.accepted()[0]["card"]["header"]["template"], "red");
-    assert_eq!(webhook.accepted()[0]["alerts"][0]["record_id"], record.to_string());
+    assert_eq!(
+        webhook.accepted()[0]["alerts"][0]["record_id"],
+        record.to_string()
+    );
 
     let shown = eventually("every destination is recorded", async || {
         let a = alert(&app, &client, record).await;
@@ -131,7 +157,12 @@ async fn a_wrong_secret_is_refused_for_good_and_mail_still_goes() {
     let d = add(&app, "dingtalk", &dingtalk.url(), Some("SECwrong")).await;
     let f = add(&app, "feishu", &feishu.url(), Some("wrong")).await;
     eventually("the channels are loaded", async || {
-        app.worker().snapshot().channels.get("audit_results").map(Vec::len) == Some(2)
+        app.worker()
+            .snapshot()
+            .channels
+            .get("audit_results")
+            .map(Vec::len)
+            == Some(2)
     })
     .await;
 
@@ -145,21 +176,39 @@ async fn a_wrong_secret_is_refused_for_good_and_mail_still_goes() {
     .await;
     assert_eq!(shown["delivered_to"], json!(["oncall@example.com"]));
     let dc = &shown["channels"][d.to_string()];
-    assert_eq!((dc["class"].as_str(), dc["code"].as_str()), (Some("permanent"), Some("310000")));
+    assert_eq!(
+        (dc["class"].as_str(), dc["code"].as_str()),
+        (Some("permanent"), Some("310000"))
+    );
     assert!(dc["message"].as_str().unwrap().contains("sign not match"));
     let fc = &shown["channels"][f.to_string()];
-    assert_eq!((fc["class"].as_str(), fc["code"].as_str()), (Some("permanent"), Some("19021")));
+    assert_eq!(
+        (fc["class"].as_str(), fc["code"].as_str()),
+        (Some("permanent"), Some("19021"))
+    );
     // Refused for good: not tried again.
     assert_eq!(dingtalk.arrived().len(), 1);
     assert_eq!(feishu.arrived().len(), 1);
 
     // The test call says so in plain words.
-    let (status, _, answer) =
-        raw(&app, "POST", &format!("/api/config/channels/{d}/test"), None).await;
+    let (status, _, answer) = raw(
+        &app,
+        "POST",
+        &format!("/api/config/channels/{d}/test"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["success"], false);
     assert_eq!(answer["code"], "310000");
-    assert!(answer["detail"].as_str().unwrap().to_lowercase().contains("signature"), "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("signature"),
+        "{answer}"
+    );
     app.stop().await;
 }
 
@@ -169,21 +218,38 @@ async fn a_rate_limit_answer_is_retried_and_a_test_message_arrives() {
     let (_db, app, client) = start(&smtp).await;
     let feishu = Bot::start(Service::Feishu, None).await;
     let f = add(&app, "feishu", &feishu.url(), None).await;
-    let (status, _, answer) =
-        raw(&app, "POST", &format!("/api/config/channels/{f}/test"), None).await;
-    assert_eq!((status, &answer["success"]), (200, &json!(true)), "{answer}");
+    let (status, _, answer) = raw(
+        &app,
+        "POST",
+        &format!("/api/config/channels/{f}/test"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["success"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
     assert!(text(&feishu.accepted()[0]).contains("测试"));
 
-    feishu.script(200, json!({"code": 9499, "data": {}, "msg": "too many request"}));
+    feishu.script(
+        200,
+        json!({"code": 9499, "data": {}, "msg": "too many request"}),
+    );
     let record = insert_audit_rows(&client, 1, "不合格").await[0];
     let shown = eventually("delivered on the retry", async || {
         let a = alert(&app, &client, record).await;
-        a["channels"][f.to_string()]["delivered_at"].is_string().then_some(a)
+        a["channels"][f.to_string()]["delivered_at"]
+            .is_string()
+            .then_some(a)
     })
     .await;
     let c = &shown["channels"][f.to_string()];
     assert_eq!(c["attempts"], 2, "{shown}");
-    assert_eq!(feishu.arrived().iter().filter(|a| a.code == 9499).count(), 1);
+    assert_eq!(
+        feishu.arrived().iter().filter(|a| a.code == 9499).count(),
+        1
+    );
     assert!(shown["attempt_errors"][0]["error"]
         .as_str()
         .unwrap()
@@ -200,7 +266,12 @@ async fn a_burst_stays_within_the_bots_limit_and_every_alert_is_in_a_message() {
     add(&app, "dingtalk", &dingtalk.url(), Some("SECburst")).await;
     add(&app, "wecom", &wecom.url(), None).await;
     eventually("the channels are loaded", async || {
-        app.worker().snapshot().channels.get("audit_results").map(Vec::len) == Some(2)
+        app.worker()
+            .snapshot()
+            .channels
+            .get("audit_results")
+            .map(Vec::len)
+            == Some(2)
     })
     .await;
     let n = 3000;
@@ -215,7 +286,10 @@ async fn a_burst_stays_within_the_bots_limit_and_every_alert_is_in_a_message() {
     .await;
     for bot in [&dingtalk, &wecom] {
         let arrived = bot.arrived();
-        assert!(arrived.iter().all(|a| a.code == 0), "never over the limit: {arrived:?}");
+        assert!(
+            arrived.iter().all(|a| a.code == 0),
+            "never over the limit: {arrived:?}"
+        );
         assert!(arrived.len() <= 20, "{} messages", arrived.len());
         // Listed or counted, every alert is in one message.
         let mut total = 0;
@@ -242,7 +316,10 @@ async fn a_bot_at_its_limit_waits_without_losing_or_failing_the_alert() {
     let wecom = Bot::start(Service::WeCom, None).await;
     let w = add(&app, "wecom", &wecom.url(), None).await;
     eventually("the channel is loaded", async || {
-        app.worker().snapshot().channels.contains_key("audit_results")
+        app.worker()
+            .snapshot()
+            .channels
+            .contains_key("audit_results")
     })
     .await;
     // Another copy sent 20 messages to this bot 59.5 s ago: the window
@@ -260,7 +337,9 @@ async fn a_bot_at_its_limit_waits_without_losing_or_failing_the_alert() {
     smtp.wait_for_records(1).await;
     let shown = eventually("delivered once the window frees", async || {
         let a = alert(&app, &client, record).await;
-        a["channels"][w.to_string()]["delivered_at"].is_string().then_some(a)
+        a["channels"][w.to_string()]["delivered_at"]
+            .is_string()
+            .then_some(a)
     })
     .await;
     let c = &shown["channels"][w.to_string()];
@@ -286,12 +365,17 @@ async fn webhook_urls_are_checked_sealed_and_never_shown() {
         "http://10.0.0.8/robot/send?access_token=x",
         "https://oapi.dingtalk.com/robot/send",
     ] {
-        let (status, _, problem) = post(json!({"table_name": "audit_results", "type": "dingtalk", "webhook_url": url})).await;
+        let (status, _, problem) =
+            post(json!({"table_name": "audit_results", "type": "dingtalk", "webhook_url": url}))
+                .await;
         assert_eq!(status, 422, "{url}: {problem}");
         assert_eq!(problem["field"], "webhook_url", "{problem}");
     }
     let (status, _, problem) = post(json!({"table_name": "nope", "type": "wecom", "webhook_url": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k"})).await;
-    assert_eq!((status, problem["field"].as_str()), (422, Some("table_name")));
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("table_name"))
+    );
     let (status, _, problem) = post(json!({"table_name": "audit_results", "type": "wecom", "webhook_url": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k", "secret": "s"})).await;
     assert_eq!((status, problem["field"].as_str()), (422, Some("secret")));
     let n: i64 = client
@@ -310,11 +394,17 @@ async fn webhook_urls_are_checked_sealed_and_never_shown() {
     let (_, listed_text, _) = raw(&app, "GET", "/api/config/channels", None).await;
     assert!(!listed_text.contains(token) && !listed_text.contains("SECsigning"));
     let stored: String = client
-        .query_one("SELECT row_to_json(c)::text FROM notification_channels c", &[])
+        .query_one(
+            "SELECT row_to_json(c)::text FROM notification_channels c",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert!(!stored.contains(token) && !stored.contains("SECsigning"), "{stored}");
+    assert!(
+        !stored.contains(token) && !stored.contains("SECsigning"),
+        "{stored}"
+    );
     let audited = eventually("the call is audited", async || {
         client
             .query_opt(
@@ -326,6 +416,9 @@ async fn webhook_urls_are_checked_sealed_and_never_shown() {
             .map(|r| r.get::<_, String>(0))
     })
     .await;
-    assert!(!audited.contains(token) && !audited.contains("SECsigning"), "{audited}");
+    assert!(
+        !audited.contains(token) && !audited.contains("SECsigning"),
+        "{audited}"
+    );
     app.stop().await;
 }
