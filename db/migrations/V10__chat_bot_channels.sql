@@ -21,6 +21,18 @@ CREATE INDEX notification_channels_table ON notification_channels (table_name);
 CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON notification_channels FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
 
+-- A table's own block for each alert in a bot's message (handlebars; the
+-- built-in one when absent).
+CREATE TABLE channel_templates (
+    table_name text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('dingtalk', 'wecom', 'feishu')),
+    block      text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, kind)
+);
+CREATE TRIGGER audit_alert_config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON channel_templates FOR EACH STATEMENT EXECUTE FUNCTION audit_alert_config_changed();
+
 -- Each bot's recent sends, newest last, for its send limits (a sliding
 -- window: at most N sends in any window of the limit's length). Taken under
 -- the row's lock, so every copy sees every other's sends.

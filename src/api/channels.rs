@@ -42,7 +42,7 @@ pub enum ChannelType {
 }
 
 impl ChannelType {
-    fn kind(self) -> ChannelKind {
+    pub(super) fn kind(self) -> ChannelKind {
         match self {
             Self::Dingtalk => ChannelKind::DingTalk,
             Self::Wecom => ChannelKind::WeCom,
@@ -51,7 +51,7 @@ impl ChannelType {
         }
     }
 
-    fn of(kind: ChannelKind) -> Self {
+    pub(super) fn of(kind: ChannelKind) -> Self {
         match kind {
             ChannelKind::DingTalk => Self::Dingtalk,
             ChannelKind::WeCom => Self::Wecom,

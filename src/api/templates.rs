@@ -1,5 +1,6 @@
-//! Per-table e-mail templates: read, replace (refused when it does not
-//! compile), reset to the built-in one, and preview for a record.
+//! Per-table templates of the e-mail and of each chat-bot type's block: read,
+//! replace (refused when it does not compile), reset to the built-in one,
+//! and preview for a record.
 
 use poem::web::Data;
 use poem_openapi::param::Path;
@@ -8,9 +9,11 @@ use poem_openapi::{Object, OpenApi};
 use serde_json::{Map, Value};
 
 use super::auth::{OperatorAuth, ViewerAuth};
+use super::channels::ChannelType;
 use super::error::{ApiError, ApiResult};
 use super::{ApiTags, AppState, Deleted};
 use crate::audit_log::Audit;
+use crate::channels::{AlertLine, BlockTemplate, ChannelKind};
 use crate::db::quote_ident;
 use crate::mail::render::RenderError;
 use crate::mail::{AlertRecord, Renderer};
@@ -173,7 +176,99 @@ pub(super) const AUDIT: &[Audit] = &[
     Audit::new("template_replace", "修改邮件模板"),
     Audit::new("template_reset", "恢复默认邮件模板"),
     Audit::new("template_preview", "预览邮件模板"),
+    Audit::new("channel_template_get", "查询消息模板"),
+    Audit::new("channel_template_replace", "修改消息模板"),
+    Audit::new("channel_template_reset", "恢复默认消息模板"),
+    Audit::new("channel_template_preview", "预览消息模板"),
 ];
+
+/// The block each alert takes in a table's chat-bot messages of one type
+/// (handlebars, markdown for DingTalk and WeCom, lark_md for Feishu). It gets
+/// `id`, `record_id`, `verdict`, `color` (the type's colour for the verdict),
+/// `time` (UTC+8), `table`, `fields` (the row's non-null columns as
+/// `name`/`value`) and `more_fields` (columns left out to fit the service's
+/// size limit). Values arrive made safe for markdown; nothing is escaped.
+#[derive(Object)]
+pub struct ChannelTemplate {
+    pub table_name: String,
+    #[oai(rename = "type")]
+    pub kind: ChannelType,
+    pub block: String,
+    /// True while the built-in block is in use.
+    pub is_default: bool,
+}
+
+/// A replacement block.
+#[derive(Object)]
+pub struct ChannelTemplateInput {
+    #[oai(validator(min_length = 1, max_length = 20000))]
+    pub block: String,
+}
+
+/// What to preview: `block`, when given, is rendered instead of the stored one.
+#[derive(Object)]
+pub struct ChannelPreviewRequest {
+    /// Render this record (default: the table's newest row, or a sample).
+    #[oai(skip_serializing_if_is_none)]
+    pub record_id: Option<String>,
+    #[oai(validator(min_length = 1, max_length = 20000))]
+    #[oai(skip_serializing_if_is_none)]
+    pub block: Option<String>,
+}
+
+/// A rendered chat-bot message for one record.
+#[derive(Object)]
+pub struct ChannelPreview {
+    /// The record's block.
+    pub block: String,
+    /// The JSON body the service would get (unsigned).
+    pub body: String,
+}
+
+fn templated(kind: ChannelType) -> ApiResult<ChannelKind> {
+    let kind = kind.kind();
+    match crate::channels::default_source(kind) {
+        Some(_) => Ok(kind),
+        None => Err(ApiError::unprocessable(
+            "type",
+            "type: webhook messages carry the alerts as JSON; they have no template",
+        )),
+    }
+}
+
+fn compile_block(block: &str) -> ApiResult<BlockTemplate> {
+    BlockTemplate::new(block).map_err(|e| ApiError::invalid("block", format!("block: {e}")))
+}
+
+async fn current_block(
+    state: &AppState,
+    table: &str,
+    kind: ChannelKind,
+) -> ApiResult<ChannelTemplate> {
+    watched(state, table)?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT block FROM channel_templates WHERE table_name = $1 AND kind = $2",
+            &[&table, &kind.as_str()],
+        )
+        .await?;
+    let (block, is_default) = match row {
+        Some(r) => (r.get(0), false),
+        None => (
+            crate::channels::default_source(kind)
+                .unwrap_or_default()
+                .to_owned(),
+            true,
+        ),
+    };
+    Ok(ChannelTemplate {
+        table_name: table.to_owned(),
+        kind: ChannelType::of(kind),
+        block,
+        is_default,
+    })
+}
 
 #[OpenApi(tag = "ApiTags::Tables")]
 impl TemplatesApi {
@@ -286,6 +381,137 @@ impl TemplatesApi {
             subject: mail.subject,
             html: mail.html,
             text: mail.text,
+        }))
+    }
+
+    /// The block each alert takes in a table's chat-bot messages of one type
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
+    #[oai(
+        path = "/api/config/tables/:table_name/channel-templates/:type",
+        method = "get",
+        operation_id = "channel_template_get"
+    )]
+    async fn channel_get(
+        &self,
+        state: Data<&AppState>,
+        _auth: ViewerAuth,
+        table_name: Path<String>,
+        #[oai(name = "type")] kind: Path<ChannelType>,
+    ) -> ApiResult<Json<ChannelTemplate>> {
+        let kind = templated(kind.0)?;
+        current_block(&state, &table_name.0, kind).await.map(Json)
+    }
+
+    /// Replace a table's block for one chat-bot type; refused when it does not compile or render
+    ///
+    /// Requires the operator or admin role.
+    #[oai(
+        path = "/api/config/tables/:table_name/channel-templates/:type",
+        method = "put",
+        operation_id = "channel_template_replace"
+    )]
+    async fn channel_replace(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        table_name: Path<String>,
+        #[oai(name = "type")] kind: Path<ChannelType>,
+        body: Json<ChannelTemplateInput>,
+    ) -> ApiResult<Json<ChannelTemplate>> {
+        let kind = templated(kind.0)?;
+        watched(&state, &table_name.0)?;
+        compile_block(&body.block)?;
+        // Held before a connection is taken: the load needs one.
+        let held = state.worker.hold_reloads().await;
+        let client = state.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO channel_templates (table_name, kind, block) VALUES ($1, $2, $3)
+                 ON CONFLICT (table_name, kind) DO UPDATE SET block = $3, updated_at = now()",
+                &[&table_name.0, &kind.as_str(), &body.block],
+            )
+            .await?;
+        state.worker.reload_holding(held).await?;
+        current_block(&state, &table_name.0, kind).await.map(Json)
+    }
+
+    /// Go back to the built-in block for one chat-bot type
+    ///
+    /// Requires the operator or admin role.
+    #[oai(
+        path = "/api/config/tables/:table_name/channel-templates/:type",
+        method = "delete",
+        operation_id = "channel_template_reset"
+    )]
+    async fn channel_reset(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        table_name: Path<String>,
+        #[oai(name = "type")] kind: Path<ChannelType>,
+    ) -> ApiResult<Json<Deleted>> {
+        let kind = templated(kind.0)?;
+        watched(&state, &table_name.0)?;
+        let held = state.worker.hold_reloads().await;
+        let client = state.pool.get().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM channel_templates WHERE table_name = $1 AND kind = $2",
+                &[&table_name.0, &kind.as_str()],
+            )
+            .await?;
+        state.worker.reload_holding(held).await?;
+        Ok(Json(Deleted::rows(deleted)))
+    }
+
+    /// Render a table's chat-bot message of one type (or the given block) for a record
+    ///
+    /// Requires the operator or admin role.
+    #[oai(
+        path = "/api/config/tables/:table_name/channel-templates/:type/preview",
+        method = "post",
+        operation_id = "channel_template_preview"
+    )]
+    async fn channel_preview(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        table_name: Path<String>,
+        #[oai(name = "type")] kind: Path<ChannelType>,
+        body: Json<ChannelPreviewRequest>,
+    ) -> ApiResult<Json<ChannelPreview>> {
+        let kind = templated(kind.0)?;
+        let table = watched(&state, &table_name.0)?;
+        let block = match &body.block {
+            Some(b) => compile_block(b)?,
+            None => compile_block(&current_block(&state, &table.name, kind).await?.block)?,
+        };
+        let record = preview_record(&state, &table, body.record_id.as_deref()).await?;
+        let alert = AlertLine {
+            id: 1,
+            record_id: record.record_id,
+            verdict: record.verdict,
+            alerted_at: record.alerted_at,
+            row: record.row,
+        };
+        let rendered = crate::channels::preview_block(kind, &alert, &table.name, &block)
+            .map_err(|e| ApiError::invalid("block", format!("block: {e}")))?;
+        let request = crate::channels::build(
+            kind,
+            "https://preview.invalid/",
+            None,
+            &crate::channels::Message {
+                table: &table.name,
+                alerts: &[alert],
+                console_url: None,
+                block: Some(&block),
+            },
+            chrono::Utc::now(),
+        );
+        Ok(Json(ChannelPreview {
+            block: rendered,
+            body: String::from_utf8_lossy(&request.body).into_owned(),
         }))
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{sign, AlertLine, ChannelKind, Request};
+use super::{sign, AlertLine, BlockTemplate, ChannelKind, Request};
 
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 /// Longest value (in characters) shown for a column, record id or table.
@@ -39,8 +39,15 @@ fn beijing(at: DateTime<Utc>) -> String {
 }
 
 /// One alert with at most `columns` of its row's columns: a markdown block
-/// (as a JSON string) for the bots, the alert object for the webhook.
-fn piece(kind: ChannelKind, alert: &AlertLine, columns: usize) -> Value {
+/// (as a JSON string) for the bots, rendered by `block`; the alert object for
+/// the webhook.
+fn piece(
+    kind: ChannelKind,
+    alert: &AlertLine,
+    columns: usize,
+    table: &str,
+    block: &BlockTemplate,
+) -> Value {
     let row = alert.row.iter().flatten();
     if kind == ChannelKind::Webhook {
         let row: Option<Map<_, _>> = alert.row.as_ref().map(|_| {
@@ -56,41 +63,62 @@ fn piece(kind: ChannelKind, alert: &AlertLine, columns: usize) -> Value {
             "id": id, "record_id": record_id, "verdict": verdict, "alerted_at": alerted_at, "row": row,
         });
     }
-    let colour = match (kind, alert.verdict.as_str()) {
-        (ChannelKind::DingTalk, "不合格") => "\"#FF0000\"",
-        (ChannelKind::DingTalk, _) => "\"#FF8C00\"",
-        (ChannelKind::WeCom, "不确定") => "\"comment\"",
-        (ChannelKind::WeCom, _) => "\"warning\"",
-        (_, "不合格") => "'red'",
-        _ => "'orange'",
+    let rendered = block
+        .render(&context(kind, alert, columns, table))
+        // A table's template that fails for this alert: the built-in block.
+        .or_else(|_| BlockTemplate::builtin(kind).render(&context(kind, alert, columns, table)))
+        .unwrap_or_default();
+    Value::String(rendered)
+}
+
+/// What a block template gets for one alert (see `template`).
+fn context(kind: ChannelKind, alert: &AlertLine, columns: usize, table: &str) -> Value {
+    let color = match (kind, alert.verdict.as_str()) {
+        (ChannelKind::DingTalk, "不合格") => "#FF0000",
+        (ChannelKind::DingTalk, _) => "#FF8C00",
+        (ChannelKind::WeCom, "不确定") => "comment",
+        (ChannelKind::WeCom, _) => "warning",
+        (_, "不合格") => "red",
+        _ => "orange",
     };
-    let verdict = clean(&alert.verdict, 50);
-    let mut lines = vec![
-        format!(
-            "**<font color={colour}>{verdict}</font>** 告警编号 {}",
-            alert.id
-        ),
-        format!("记录：{}", clean(&alert.record_id, VALUE_CHARS)),
-        format!("时间：{}", beijing(alert.alerted_at)),
-    ];
-    let cells: Vec<_> = row.filter(|(_, v)| !v.is_null()).collect();
-    for (key, value) in cells.iter().take(columns) {
-        let value = match value {
-            Value::String(s) => clean(s, VALUE_CHARS),
-            other => clean(&other.to_string(), VALUE_CHARS),
-        };
-        lines.push(format!("{}: {value}", clean(key, VALUE_CHARS)));
-    }
-    if cells.len() > columns {
-        lines.push(format!("（其余 {} 个字段未列出）", cells.len() - columns));
-    }
-    // DingTalk needs a blank line to break a line.
-    let line_break = if kind == ChannelKind::DingTalk {
-        "\n\n"
-    } else {
-        "\n"
-    };
-    Value::String(lines.join(line_break))
+    let cells: Vec<_> = alert
+        .row
+        .iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .collect();
+    let fields: Vec<Value> = cells
+        .iter()
+        .take(columns)
+        .map(|(key, value)| {
+            let value = match value {
+                Value::String(s) => clean(s, VALUE_CHARS),
+                other => clean(&other.to_string(), VALUE_CHARS),
+            };
+            json!({"name": clean(key, VALUE_CHARS), "value": value})
+        })
+        .collect();
+    json!({
+        "id": alert.id,
+        "record_id": clean(&alert.record_id, VALUE_CHARS),
+        "verdict": clean(&alert.verdict, 50),
+        "color": color,
+        "time": beijing(alert.alerted_at),
+        "table": clean(table, VALUE_CHARS),
+        "fields": fields,
+        "more_fields": cells.len().saturating_sub(columns),
+    })
+}
+
+/// One alert's block as a table's template (or the built-in one) renders it,
+/// for previews.
+pub fn preview_block(
+    kind: ChannelKind,
+    alert: &AlertLine,
+    table: &str,
+    block: &BlockTemplate,
+) -> Result<String, String> {
+    block.render(&context(kind, alert, usize::MAX, table))
 }
 
 /// A bot's body: the title, then `blocks` as paragraphs (Feishu: one card
@@ -192,6 +220,16 @@ fn largest(mut lo: usize, mut hi: usize, fits: impl Fn(usize) -> bool) -> usize 
     lo
 }
 
+/// What a message says: `alerts` of the watched table `table`, each in
+/// `block` (the built-in block when `None`), and where the console is.
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    pub table: &'a str,
+    pub alerts: &'a [AlertLine],
+    pub console_url: Option<&'a str>,
+    pub block: Option<&'a BlockTemplate>,
+}
+
 /// Builds the message for `alerts` of the watched table `table` (a digest
 /// when there are several), in Chinese like the e-mail: a title, then each
 /// alert with its verdict coloured, number, record, time (UTC+8) and the
@@ -208,11 +246,16 @@ pub fn build(
     kind: ChannelKind,
     url: &str,
     secret: Option<&str>,
-    table: &str,
-    alerts: &[AlertLine],
-    console_url: Option<&str>,
+    message: &Message<'_>,
     now: DateTime<Utc>,
 ) -> Request {
+    let Message {
+        table,
+        alerts,
+        console_url,
+        block,
+    } = *message;
+    let block = block.unwrap_or_else(|| BlockTemplate::builtin(kind));
     let n = alerts.len();
     let link = console_url.map(|base| {
         let query = serde_urlencoded::to_string([("table", table)]).unwrap_or_default();
@@ -260,11 +303,12 @@ pub fn build(
         (_, body) => serde_json::to_vec(&body).is_ok_and(|b| b.len() <= max),
     };
 
-    let mut pieces: Vec<Value> = alerts.iter().map(|a| piece(kind, a, usize::MAX)).collect();
+    let piece = |alert, columns| piece(kind, alert, columns, table, block);
+    let mut pieces: Vec<Value> = alerts.iter().map(|a| piece(a, usize::MAX)).collect();
     if let Some(first) = alerts.first() {
         let columns = first.row.as_ref().map_or(0, Map::len);
-        let keep = largest(0, columns, |keep| fits(&[piece(kind, first, keep)]));
-        pieces[0] = piece(kind, first, keep);
+        let keep = largest(0, columns, |keep| fits(&[piece(first, keep)]));
+        pieces[0] = piece(first, keep);
     }
     let listed = largest(n.min(1), n, |k| fits(&pieces[..k]));
     let body = render(&pieces[..listed]);
@@ -342,7 +386,18 @@ mod tests {
     /// Builds for table "posts" at 1700000000 s; the request and its body.
     fn make(kind: ChannelKind, alerts: &[AlertLine], console: Option<&str>) -> (Request, Value) {
         let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-        let request = build(kind, URL, SECRET, "posts", alerts, console, now);
+        let request = build(
+            kind,
+            URL,
+            SECRET,
+            &Message {
+                table: "posts",
+                alerts,
+                console_url: console,
+                block: None,
+            },
+            now,
+        );
         let body = serde_json::from_slice(&request.body).unwrap();
         (request, body)
     }

@@ -6,13 +6,15 @@ mod answer;
 mod http;
 mod message;
 mod sign;
+mod template;
 
 use std::time::Duration;
 
 pub use address::check_url;
 pub use answer::{judge, Answer, FailureClass};
 pub use http::{client, send};
-pub use message::{build, build_test};
+pub use message::{build, build_test, preview_block, Message};
+pub use template::{default_source, BlockTemplate};
 
 /// The services a channel can send to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

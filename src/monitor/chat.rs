@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::outbox::ClaimedAlert;
 use super::snapshot::{Channel, Snapshot};
-use crate::channels::{self, AlertLine, Answer, FailureClass};
+use crate::channels::{self, AlertLine, Answer, BlockTemplate, FailureClass};
 use crate::db;
 
 /// What one channel did with the alerts of a batch it was given.
@@ -76,7 +76,12 @@ pub async fn send_all(
                             row: rows.and_then(|r| r.get(&a.record_id)).cloned(),
                         })
                         .collect();
-                    let result = send_one(pool, client, table, channel, &lines, console_url).await;
+                    let block = snapshot
+                        .channel_templates
+                        .get(&(table.clone(), channel.kind))
+                        .map(|t| &**t);
+                    let result =
+                        send_one(pool, client, table, channel, &lines, console_url, block).await;
                     (channel.id, result)
                 });
             }
@@ -92,6 +97,7 @@ async fn send_one(
     channel: &Channel,
     alerts: &[AlertLine],
     console_url: Option<&str>,
+    block: Option<&BlockTemplate>,
 ) -> ChannelResult {
     match take_send(pool, channel).await {
         Ok(None) => {}
@@ -108,9 +114,12 @@ async fn send_one(
         channel.kind,
         &channel.url,
         channel.secret.as_deref(),
-        table,
-        alerts,
-        console_url,
+        &channels::Message {
+            table,
+            alerts,
+            console_url,
+            block,
+        },
         Utc::now(),
     );
     match channels::send(client, channel.kind, &request).await {

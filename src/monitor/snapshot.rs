@@ -10,7 +10,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use super::settings::Switches;
-use crate::channels::ChannelKind;
+use crate::channels::{BlockTemplate, ChannelKind};
 use crate::crypto::{Secret, SecretBox};
 use crate::mail::transport::Security;
 use crate::mail::{Renderer, SmtpSettings};
@@ -256,6 +256,8 @@ pub struct Snapshot {
     pub recipients: HashMap<String, Vec<Recipient>>,
     /// Active chat-bot channels of each table, ready to send with.
     pub channels: HashMap<String, Vec<Channel>>,
+    /// Tables' own blocks for chat-bot messages, by (table, kind).
+    pub channel_templates: HashMap<(String, ChannelKind), Arc<BlockTemplate>>,
     /// Compiled templates of tables that replaced the built-in ones.
     pub templates: HashMap<String, Arc<Renderer>>,
 }
@@ -375,6 +377,25 @@ impl Snapshot {
                 }
             }
         }
+        let mut channel_templates = HashMap::new();
+        for r in tx
+            .query("SELECT table_name, kind, block FROM channel_templates", &[])
+            .await
+            .context("Failed to read channel_templates")?
+        {
+            let table: String = r.get(0);
+            let Some(kind) = ChannelKind::parse(r.get(1)) else {
+                continue;
+            };
+            match BlockTemplate::new(r.get(2)) {
+                Ok(t) => {
+                    channel_templates.insert((table, kind), Arc::new(t));
+                }
+                Err(e) => {
+                    tracing::error!(%table, kind = kind.as_str(), error = %e, "stored channel template unusable; using the built-in one")
+                }
+            }
+        }
         let mut templates = HashMap::new();
         for r in tx
             .query(
@@ -404,6 +425,7 @@ impl Snapshot {
             tables,
             recipients,
             channels,
+            channel_templates,
             templates,
         })
     }

@@ -422,3 +422,66 @@ async fn webhook_urls_are_checked_sealed_and_never_shown() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_tables_own_block_is_validated_previewed_and_used() {
+    let smtp = SmtpServer::start();
+    let (_db, app, client) = start(&smtp).await;
+    let dingtalk = Bot::start(Service::DingTalk, None).await;
+    add(&app, "dingtalk", &dingtalk.url(), None).await;
+    let path = "/api/config/tables/audit_results/channel-templates/dingtalk";
+
+    let (status, _, built_in) = raw(&app, "GET", path, None).await;
+    assert_eq!((status, &built_in["is_default"]), (200, &json!(true)));
+    assert!(built_in["block"].as_str().unwrap().contains("告警编号"));
+
+    let (status, _, problem) =
+        raw(&app, "PUT", path, Some(r#"{"block":"{{#each fields}}"}"#)).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (400, Some("block")),
+        "{problem}"
+    );
+    let (status, _, problem) = raw(
+        &app,
+        "GET",
+        "/api/config/tables/audit_results/channel-templates/webhook",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("type")),
+        "{problem}"
+    );
+
+    let block = r#"{"block":"【{{verdict}}】{{table}} 第 {{record_id}} 条：{{#each fields}}{{#if (eq name \"reason\")}}{{value}}{{/if}}{{/each}}"}"#;
+    let (status, _, preview) = raw(&app, "POST", &format!("{path}/preview"), Some(block)).await;
+    assert_eq!(status, 200, "{preview}");
+    assert!(
+        preview["block"].as_str().unwrap().starts_with("【"),
+        "{preview}"
+    );
+    let body: Value = serde_json::from_str(preview["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["msgtype"], "markdown");
+
+    let (status, _, saved) = raw(&app, "PUT", path, Some(block)).await;
+    assert_eq!(
+        (status, &saved["is_default"]),
+        (200, &json!(false)),
+        "{saved}"
+    );
+    let record = insert_audit_rows(&client, 1, "不合格").await[0];
+    let got = eventually("the message arrives", async || {
+        dingtalk.accepted().into_iter().next()
+    })
+    .await;
+    let text = got["markdown"]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "【不合格】audit_results 第 {record} 条：涉嫌违规 1"
+        )),
+        "{text}"
+    );
+    app.stop().await;
+}
