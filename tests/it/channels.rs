@@ -154,15 +154,17 @@ async fn a_wrong_secret_is_refused_for_good_and_mail_still_goes() {
     let (_db, app, client) = start(&smtp).await;
     let dingtalk = Bot::start(Service::DingTalk, Some("SECright")).await;
     let feishu = Bot::start(Service::Feishu, Some("right")).await;
+    let wecom = Bot::start(Service::WeCom, None).await;
     let d = add(&app, "dingtalk", &dingtalk.url(), Some("SECwrong")).await;
     let f = add(&app, "feishu", &feishu.url(), Some("wrong")).await;
+    let w = add(&app, "wecom", &wecom.url(), None).await;
     eventually("the channels are loaded", async || {
         app.worker()
             .snapshot()
             .channels
             .get("audit_results")
             .map(Vec::len)
-            == Some(2)
+            == Some(3)
     })
     .await;
 
@@ -170,11 +172,26 @@ async fn a_wrong_secret_is_refused_for_good_and_mail_still_goes() {
     smtp.wait_for_records(1).await;
     let shown = eventually("the refusals are recorded", async || {
         let a = alert(&app, &client, record).await;
-        (a["status"] == "sent" && a["channels"].as_object().map(|c| c.len()) == Some(2))
+        (a["status"] == "sent" && a["channels"].as_object().map(|c| c.len()) == Some(3))
             .then_some(a)
     })
     .await;
-    assert_eq!(shown["delivered_to"], json!(["oncall@example.com"]));
+    // Neither mail nor the other channel is held back.
+    let mut delivered: Vec<&str> = shown["delivered_to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        [
+            "channel:".to_owned() + &w.to_string(),
+            "oncall@example.com".to_owned()
+        ]
+    );
+    assert_eq!(wecom.accepted().len(), 1);
     let dc = &shown["channels"][d.to_string()];
     assert_eq!(
         (dc["class"].as_str(), dc["code"].as_str()),
@@ -274,7 +291,7 @@ async fn a_burst_stays_within_the_bots_limit_and_every_alert_is_in_a_message() {
             == Some(2)
     })
     .await;
-    let n = 3000;
+    let n = 10_000;
     insert_audit_rows(&client, n, "不合格").await;
     wait_for_count_query(
         &client,
