@@ -502,3 +502,43 @@ async fn a_tables_own_block_is_validated_previewed_and_used() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_copies_send_each_alert_to_a_channel_exactly_once() {
+    let smtp = SmtpServer::start();
+    let (db, first, client) = start(&smtp).await;
+    let webhook = Bot::start(Service::Webhook, Some("two-copies")).await;
+    add(&first, "webhook", &webhook.url(), Some("two-copies")).await;
+    let config = db.config_with(&[("SECRET_KEY", KEY), ("CHANNEL_ALLOWED_HOSTS", "127.0.0.1")]);
+    let second = audit_alert::app::App::start(&config).await.unwrap();
+    for app in [&first, &second] {
+        eventually("the channel is loaded", async || {
+            app.worker()
+                .snapshot()
+                .channels
+                .contains_key("audit_results")
+        })
+        .await;
+    }
+    let n = 2000;
+    let ids = insert_audit_rows(&client, n, "不合格").await;
+    wait_for_count_query(
+        &client,
+        "SELECT count(*) FROM email_sent_log WHERE cardinality(delivered_to) = 2",
+        n,
+    )
+    .await;
+    let mut seen = std::collections::BTreeMap::new();
+    for body in webhook.accepted() {
+        for a in body["alerts"].as_array().unwrap() {
+            *seen
+                .entry(a["record_id"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), n as usize);
+    assert!(seen.values().all(|&k| k == 1), "some alert went twice");
+    assert!(ids.iter().all(|id| seen.contains_key(&id.to_string())));
+    first.stop().await;
+    second.stop().await;
+}
