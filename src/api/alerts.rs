@@ -1,5 +1,5 @@
 //! Alert history: filtered, paged listing; one alert with its delivery
-//! details; re-sending a failed or suppressed alert.
+//! details; re-sending a failed, suppressed or silenced alert.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +35,8 @@ pub enum AlertStatus {
     Suppressed,
     /// Present when its table started being watched; not mailed.
     Baseline,
+    /// Held by a silence (`silenced_by`); not sent, can be re-sent.
+    Silenced,
 }
 
 impl AlertStatus {
@@ -47,6 +49,7 @@ impl AlertStatus {
             S::Failed => Self::Failed,
             S::Suppressed => Self::Suppressed,
             S::Baseline => Self::Baseline,
+            S::Silenced => Self::Silenced,
         }
     }
 
@@ -59,6 +62,7 @@ impl AlertStatus {
             Self::Failed => S::Failed,
             Self::Suppressed => S::Suppressed,
             Self::Baseline => S::Baseline,
+            Self::Silenced => S::Silenced,
         }
         .as_str()
     }
@@ -92,6 +96,9 @@ pub struct Alert {
     /// Message-ID of the e-mail that carried it.
     #[oai(skip_serializing_if_is_none)]
     pub message_id: Option<String>,
+    /// The silence that held it (status `silenced`).
+    #[oai(skip_serializing_if_is_none)]
+    pub silenced_by: Option<i32>,
     /// What each chat-bot channel of its table did with it, by channel id
     /// (also `channel:<id>` in `delivered_to` once delivered).
     pub channels: BTreeMap<String, ChannelOutcome>,
@@ -148,7 +155,7 @@ pub struct AttemptError {
 
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
      next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at,
-     attempt_errors, channel_outcomes";
+     attempt_errors, channel_outcomes, silenced_by";
 
 fn to_alert(r: &Row) -> Alert {
     Alert {
@@ -168,6 +175,7 @@ fn to_alert(r: &Row) -> Alert {
         updated_at: r.get(13),
         attempt_errors: serde_json::from_value(r.get(14)).unwrap_or_default(),
         channels: serde_json::from_value(r.get(15)).unwrap_or_default(),
+        silenced_by: r.get(16),
     }
 }
 
@@ -252,7 +260,7 @@ impl AlertsApi {
         read_alert(&state, id.0).await.map(Json)
     }
 
-    /// Send a failed or suppressed alert again, to every active recipient
+    /// Send a failed, suppressed or silenced alert again, to every active recipient
     ///
     /// Requires the operator or admin role.
     #[oai(
@@ -280,7 +288,7 @@ impl AlertsApi {
             Resend::NotResendable(status) => Err(ApiError::conflict(
                 None,
                 format!(
-                    "alert {} is {}; only failed or suppressed alerts can be re-sent",
+                    "alert {} is {}; only failed, suppressed or silenced alerts can be re-sent",
                     id.0,
                     status.as_str()
                 ),

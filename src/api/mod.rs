@@ -14,6 +14,7 @@ mod health;
 mod metrics;
 mod monitor;
 mod recipients;
+mod silences;
 mod smtp;
 mod system;
 mod tables;
@@ -66,6 +67,8 @@ pub(crate) enum ApiTags {
     Monitor,
     /// Alert history and re-sending.
     Alerts,
+    /// Holding matching alerts back for a time, with a reason.
+    Silences,
     /// Bearer tokens and roles.
     Auth,
     /// Who did what through the API.
@@ -310,6 +313,7 @@ api_modules!(
     templates::TemplatesApi,
     monitor::MonitorApi,
     alerts::AlertsApi,
+    silences::SilencesApi,
     auth::AuthApi,
     audit_logs::AuditLogsApi,
     audit_verify::AuditVerifyApi,

@@ -78,6 +78,8 @@ pub struct QueueInfo {
     pub sending: i64,
     pub failed: i64,
     pub suppressed: i64,
+    /// Held by a silence.
+    pub silenced: i64,
     pub sent: i64,
     pub baseline: i64,
     /// Sent, retried and failed by this copy since it started.
@@ -203,6 +205,7 @@ async fn status(state: &AppState) -> ApiResult<MonitorStatus> {
             sending: count(AlertStatus::Sending),
             failed: count(AlertStatus::Failed),
             suppressed: count(AlertStatus::Suppressed),
+            silenced: count(AlertStatus::Silenced),
             sent: count(AlertStatus::Sent),
             baseline: count(AlertStatus::Baseline),
             sent_by_this_copy: sent,

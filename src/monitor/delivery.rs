@@ -9,7 +9,9 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use super::{chat, digest, intake, outbox, tables, Worker, PARALLEL_DIGESTS, VACUUM_INBOX_AFTER};
+use super::{
+    chat, digest, intake, outbox, silences, tables, Worker, PARALLEL_DIGESTS, VACUUM_INBOX_AFTER,
+};
 
 impl Worker {
     /// Claims one batch of due alerts and delivers it; returns how many
@@ -61,6 +63,31 @@ impl Worker {
             }
         }
         let fetched_at = started.elapsed();
+        // What a silence holds is recorded as silenced, not sent.
+        let now = chrono::Utc::now();
+        let held: Vec<(i64, i32)> = claimed
+            .iter()
+            .filter_map(|a| {
+                let row = rows
+                    .get(a.table_name.as_str())
+                    .and_then(|r| r.get(&a.record_id));
+                silences::holding(&snapshot.silences, a, row, now).map(|s| (a.id, s.id))
+            })
+            .collect();
+        let held_count = held.len();
+        let claimed = if held.is_empty() {
+            claimed
+        } else {
+            outbox::silence(pool, &self.0.id, &held).await?;
+            let held: std::collections::HashSet<i64> = held.iter().map(|(id, _)| *id).collect();
+            claimed
+                .into_iter()
+                .filter(|a| !held.contains(&a.id))
+                .collect()
+        };
+        if claimed.is_empty() {
+            return Ok(held_count);
+        }
         // Each channel gets one message for the batch, while the mail goes.
         let chat = chat::send_all(
             pool,

@@ -19,6 +19,7 @@ mod listener;
 mod outbox;
 mod retry;
 mod settings;
+mod silences;
 mod snapshot;
 mod status;
 mod sweeper;
@@ -38,6 +39,7 @@ pub mod statements {
 pub use chat::{take_send, ChannelResult};
 pub use retry::RetryPolicy;
 pub use settings::{validate_setting, Setting, SettingError, SettingKind, Switches, SETTINGS};
+pub use silences::{Condition, ConditionOp, Silence};
 pub use snapshot::{
     channel, smtp_configuration, Channel, Recipient, SmtpState, Snapshot, WatchedTable,
 };

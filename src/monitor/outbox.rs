@@ -28,16 +28,19 @@ pub enum AlertStatus {
     Suppressed,
     /// Present when its table started being watched: not mailed.
     Baseline,
+    /// Held by a silence (`silenced_by`): not sent.
+    Silenced,
 }
 
 impl AlertStatus {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Pending,
         Self::Sending,
         Self::Sent,
         Self::Failed,
         Self::Suppressed,
         Self::Baseline,
+        Self::Silenced,
     ];
 
     /// The column's value.
@@ -49,6 +52,7 @@ impl AlertStatus {
             Self::Failed => "failed",
             Self::Suppressed => "suppressed",
             Self::Baseline => "baseline",
+            Self::Silenced => "silenced",
         }
     }
 
@@ -286,6 +290,23 @@ pub async fn unclaim(
         .context("Failed to give back claimed alerts")
 }
 
+/// Records claimed alerts as held by silences: (alert id, silence id).
+pub async fn silence(pool: &Pool, worker: &str, held: &[(i64, i32)]) -> anyhow::Result<u64> {
+    let (ids, silences): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+    let client = db::client(pool).await?;
+    client
+        .execute(
+            "UPDATE email_sent_log e
+                SET status = 'silenced', silenced_by = h.silence, locked_by = NULL,
+                    attempts = e.attempts - 1, updated_at = now()
+               FROM unnest($2::bigint[], $3::int[]) AS h(id, silence)
+              WHERE e.id = h.id AND e.locked_by = $1",
+            &[&worker, &ids, &silences],
+        )
+        .await
+        .context("Failed to record silenced alerts")
+}
+
 /// Records outcomes, only for alerts this worker still holds.
 pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow::Result<u64> {
     if outcomes.is_empty() {
@@ -356,11 +377,11 @@ pub enum Resend {
     /// Back in line, as a new alert would be.
     Queued,
     Missing,
-    /// Only failed or suppressed alerts are sent again.
+    /// Only failed, suppressed or silenced alerts are sent again.
     NotResendable(AlertStatus),
 }
 
-/// Puts a failed or suppressed alert back in line: attempts, recipients and
+/// Puts a failed, suppressed or silenced alert back in line: attempts, recipients and
 /// errors start over, and it goes to every active recipient of its table.
 pub async fn resend(pool: &Pool, id: i64) -> anyhow::Result<Resend> {
     let client = db::client(pool).await?;
@@ -369,8 +390,8 @@ pub async fn resend(pool: &Pool, id: i64) -> anyhow::Result<Resend> {
             "UPDATE email_sent_log
                 SET status = 'pending', attempts = 0, next_attempt_at = now(),
                     delivered_to = '{}', failed_recipients = '{}', error_message = NULL,
-                    channel_outcomes = '{}', updated_at = now()
-              WHERE id = $1 AND status IN ('failed', 'suppressed')",
+                    channel_outcomes = '{}', silenced_by = NULL, updated_at = now()
+              WHERE id = $1 AND status IN ('failed', 'suppressed', 'silenced')",
             &[&id],
         )
         .await

@@ -10,6 +10,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use super::settings::Switches;
+use super::silences::{Condition, Silence};
 use crate::channels::{BlockTemplate, ChannelKind};
 use crate::crypto::{Secret, SecretBox};
 use crate::mail::transport::Security;
@@ -256,6 +257,8 @@ pub struct Snapshot {
     pub recipients: HashMap<String, Vec<Recipient>>,
     /// Active chat-bot channels of each table, ready to send with.
     pub channels: HashMap<String, Vec<Channel>>,
+    /// Silences not yet ended (some may not have begun).
+    pub silences: Vec<Silence>,
     /// Tables' own blocks for chat-bot messages, by (table, kind).
     pub channel_templates: HashMap<(String, ChannelKind), Arc<BlockTemplate>>,
     /// Compiled templates of tables that replaced the built-in ones.
@@ -377,6 +380,30 @@ impl Snapshot {
                 }
             }
         }
+        let mut silences = Vec::new();
+        for r in tx
+            .query(
+                "SELECT id, table_name, verdicts, conditions, starts_at, ends_at
+                   FROM silences WHERE ends_at > now() ORDER BY id",
+                &[],
+            )
+            .await
+            .context("Failed to read silences")?
+        {
+            match serde_json::from_value::<Vec<Condition>>(r.get(3)) {
+                Ok(conditions) => silences.push(Silence {
+                    id: r.get(0),
+                    table_name: r.get(1),
+                    verdicts: r.get(2),
+                    conditions,
+                    starts_at: r.get(4),
+                    ends_at: r.get(5),
+                }),
+                Err(e) => {
+                    tracing::error!(silence = r.get::<_, i32>(0), error = %e, "silence unreadable; not applied")
+                }
+            }
+        }
         let mut channel_templates = HashMap::new();
         for r in tx
             .query("SELECT table_name, kind, block FROM channel_templates", &[])
@@ -425,6 +452,7 @@ impl Snapshot {
             tables,
             recipients,
             channels,
+            silences,
             channel_templates,
             templates,
         })

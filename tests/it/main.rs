@@ -17,5 +17,6 @@ mod outage;
 mod pipeline;
 mod python_client;
 mod settings;
+mod silences;
 mod startup;
 mod upgrade;
