@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
+use super::silences::{check_conditions, shown, Condition};
 use super::{
     default_page, default_page_size, delete_by_id, get_by_id, list_page, ApiTags, AppState,
     ConfigList, Deleted, ListQuery,
@@ -77,6 +78,11 @@ pub struct Channel {
     pub has_secret: bool,
     /// Inactive channels are kept but not sent to.
     pub is_active: bool,
+    /// Only alerts of these verdicts; absent: every verdict.
+    #[oai(skip_serializing_if_is_none)]
+    pub verdicts: Option<Vec<String>>,
+    /// Only alerts whose row meets all of these; empty: every row.
+    pub conditions: Vec<Condition>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -101,6 +107,15 @@ pub struct ChannelInput {
     /// Default true.
     #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
+    /// Route: only alerts of these verdicts (default: every verdict).
+    #[oai(validator(min_items = 1, max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub verdicts: Option<Vec<String>>,
+    /// Route: only alerts whose row meets all of these, checked against the
+    /// table's columns (default: every row).
+    #[oai(validator(max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub conditions: Option<Vec<Condition>>,
 }
 
 /// The fields of a channel to change; the others are kept.
@@ -118,6 +133,14 @@ pub struct ChannelChange {
     pub name: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
+    /// Route: only alerts of these verdicts; [] takes every verdict again.
+    #[oai(validator(max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub verdicts: Option<Vec<String>>,
+    /// Route: only alerts whose row meets all of these; [] takes every row.
+    #[oai(validator(max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub conditions: Option<Vec<Condition>>,
 }
 
 /// A channel saved.
@@ -159,7 +182,7 @@ pub(super) const AUDIT: &[Audit] = &[
 ];
 
 const COLUMNS: &str = "id, table_name, kind, name, webhook_host, secret_encrypted IS NOT NULL,
-    is_active, created_at, updated_at";
+    is_active, created_at, updated_at, verdicts, conditions";
 
 fn to_channel(r: &Row) -> Channel {
     Channel {
@@ -172,6 +195,8 @@ fn to_channel(r: &Row) -> Channel {
         is_active: r.get(6),
         created_at: r.get(7),
         updated_at: r.get(8),
+        verdicts: r.get(9),
+        conditions: shown(r.get(10)),
     }
 }
 
@@ -259,13 +284,22 @@ impl ChannelsApi {
             .transpose()?;
         ensure_watched(&state, &body.table_name).await?;
         let client = state.pool.get().await?;
+        let conditions = check_conditions(
+            &client,
+            &body.table_name,
+            body.conditions.as_deref().unwrap_or_default(),
+            "",
+        )
+        .await?;
+        let conditions = serde_json::to_value(conditions).map_err(anyhow::Error::from)?;
         let row = client
             .query_one(
                 &format!(
                     "INSERT INTO notification_channels
                          (table_name, kind, name, webhook_url_encrypted, webhook_host, bot,
-                          secret_encrypted, is_active)
-                     VALUES ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+                          secret_encrypted, is_active, verdicts, conditions)
+                     VALUES ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, $9, $10)
+                     RETURNING {COLUMNS}"
                 ),
                 &[
                     &body.table_name,
@@ -276,6 +310,8 @@ impl ChannelsApi {
                     &bot,
                     &secret,
                     &body.is_active.unwrap_or(true),
+                    &body.verdicts,
+                    &conditions,
                 ],
             )
             .await?;
@@ -370,15 +406,22 @@ impl ChannelsApi {
         body: Json<ChannelChange>,
     ) -> ApiResult<Json<ChannelSaved>> {
         let client = state.pool.get().await?;
-        let kind: String = client
+        let current = client
             .query_opt(
-                "SELECT kind FROM notification_channels WHERE id = $1",
+                "SELECT kind, table_name FROM notification_channels WHERE id = $1",
                 &[&id.0],
             )
             .await?
-            .ok_or_else(|| not_found(id.0))?
-            .get(0);
-        let kind = ChannelKind::parse(&kind).unwrap_or(ChannelKind::Webhook);
+            .ok_or_else(|| not_found(id.0))?;
+        let kind = ChannelKind::parse(current.get(0)).unwrap_or(ChannelKind::Webhook);
+        let conditions = match &body.conditions {
+            None => None,
+            Some(conditions) => {
+                let table = body.table_name.as_deref().unwrap_or(current.get(1));
+                let checked = check_conditions(&client, table, conditions, "").await?;
+                Some(serde_json::to_value(checked).map_err(anyhow::Error::from)?)
+            }
+        };
         let sealed = body
             .webhook_url
             .as_deref()
@@ -405,7 +448,10 @@ impl ChannelsApi {
                          webhook_url_encrypted = coalesce($4, webhook_url_encrypted),
                          webhook_host = coalesce($5, webhook_host), bot = coalesce($6, bot),
                          secret_encrypted = CASE WHEN $7 THEN $8 ELSE secret_encrypted END,
-                         is_active = coalesce($9, is_active), updated_at = now()
+                         is_active = coalesce($9, is_active),
+                         verdicts = CASE WHEN $10::text[] IS NULL THEN verdicts
+                                         ELSE nullif($10, '{{}}'::text[]) END,
+                         conditions = coalesce($11, conditions), updated_at = now()
                       WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[
@@ -418,6 +464,8 @@ impl ChannelsApi {
                     &secret.is_some(),
                     &secret.flatten(),
                     &body.is_active,
+                    &body.verdicts,
+                    &conditions,
                 ],
             )
             .await?

@@ -12,6 +12,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
+use super::silences::{check_conditions, shown, Condition};
 use super::{
     default_page, default_page_size, delete_by_id, get_by_id, list_page, parse_email, ApiTags,
     AppState, ConfigList, Deleted, ListQuery,
@@ -32,6 +33,11 @@ pub struct Recipient {
     pub name: Option<String>,
     /// Inactive recipients are kept but not mailed.
     pub is_active: bool,
+    /// Only alerts of these verdicts; absent: every verdict.
+    #[oai(skip_serializing_if_is_none)]
+    pub verdicts: Option<Vec<String>>,
+    /// Only alerts whose row meets all of these; empty: every row.
+    pub conditions: Vec<Condition>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -49,6 +55,15 @@ pub struct RecipientInput {
     /// Default true.
     #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
+    /// Route: only alerts of these verdicts (default: every verdict).
+    #[oai(validator(min_items = 1, max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub verdicts: Option<Vec<String>>,
+    /// Route: only alerts whose row meets all of these, checked against the
+    /// table's columns (default: every row).
+    #[oai(validator(max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub conditions: Option<Vec<Condition>>,
 }
 
 /// A recipient saved, with the old system's confirmation message.
@@ -73,6 +88,14 @@ pub struct RecipientChange {
     pub name: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub is_active: Option<bool>,
+    /// Route: only alerts of these verdicts; [] takes every verdict again.
+    #[oai(validator(max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub verdicts: Option<Vec<String>>,
+    /// Route: only alerts whose row meets all of these; [] takes every row.
+    #[oai(validator(max_items = 20))]
+    #[oai(skip_serializing_if_is_none)]
+    pub conditions: Option<Vec<Condition>>,
 }
 
 /// Several recipients, created together or not at all.
@@ -89,7 +112,8 @@ pub struct RecipientIds {
     pub ids: Vec<i32>,
 }
 
-const COLUMNS: &str = "id, table_name, email, name, is_active, created_at, updated_at";
+const COLUMNS: &str =
+    "id, table_name, email, name, is_active, created_at, updated_at, verdicts, conditions";
 
 fn to_recipient(r: &Row) -> Recipient {
     Recipient {
@@ -100,18 +124,29 @@ fn to_recipient(r: &Row) -> Recipient {
         is_active: r.get(4),
         created_at: r.get(5),
         updated_at: r.get(6),
+        verdicts: r.get(7),
+        conditions: shown(r.get(8)),
     }
 }
 
-/// Checks one input; `at` prefixes field names inside a batch (`recipients[3].email`).
+/// Checks one input; `at` prefixes field names inside a batch
+/// (`recipients[3].email`). The address and the route's conditions as stored.
 async fn validate(
     client: &impl GenericClient,
     input: &RecipientInput,
     at: &str,
-) -> ApiResult<String> {
+) -> ApiResult<(String, serde_json::Value)> {
     let email = parse_email(&format!("{at}email"), &input.email)?.to_string();
     ensure_watched(client, &input.table_name, at).await?;
-    Ok(email)
+    let conditions = check_conditions(
+        client,
+        &input.table_name,
+        input.conditions.as_deref().unwrap_or_default(),
+        at,
+    )
+    .await?;
+    let conditions = serde_json::to_value(conditions).map_err(anyhow::Error::from)?;
+    Ok((email, conditions))
 }
 
 async fn ensure_watched(client: &impl GenericClient, table: &str, at: &str) -> ApiResult<()> {
@@ -145,18 +180,20 @@ async fn insert(
     input: &RecipientInput,
     at: &str,
 ) -> ApiResult<Recipient> {
-    let email = validate(client, input, at).await?;
+    let (email, conditions) = validate(client, input, at).await?;
     client
         .query_one(
             &format!(
-                "INSERT INTO recipients_config (table_name, email, name, is_active)
-                 VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+                "INSERT INTO recipients_config (table_name, email, name, is_active, verdicts, conditions)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
             ),
             &[
                 &input.table_name,
                 &email,
                 &input.name,
                 &input.is_active.unwrap_or(true),
+                &input.verdicts,
+                &conditions,
             ],
         )
         .await
@@ -300,16 +337,45 @@ impl RecipientsApi {
         if let Some(table) = &body.table_name {
             ensure_watched(&client, table, "").await?;
         }
+        let conditions = match &body.conditions {
+            None => None,
+            Some(conditions) => {
+                let table: String = match &body.table_name {
+                    Some(t) => t.clone(),
+                    None => client
+                        .query_opt(
+                            "SELECT table_name FROM recipients_config WHERE id = $1",
+                            &[&id.0],
+                        )
+                        .await?
+                        .ok_or_else(|| not_found(id.0))?
+                        .get(0),
+                };
+                let checked = check_conditions(&client, &table, conditions, "").await?;
+                Some(serde_json::to_value(checked).map_err(anyhow::Error::from)?)
+            }
+        };
         let recipient = client
             .query_opt(
                 &format!(
                     "UPDATE recipients_config SET table_name = coalesce($2, table_name),
                          email = coalesce($3, email),
                          name = CASE WHEN $4::text IS NULL THEN name ELSE nullif($4, '') END,
-                         is_active = coalesce($5, is_active), updated_at = now()
+                         is_active = coalesce($5, is_active),
+                         verdicts = CASE WHEN $6::text[] IS NULL THEN verdicts
+                                         ELSE nullif($6, '{{}}'::text[]) END,
+                         conditions = coalesce($7, conditions), updated_at = now()
                       WHERE id = $1 RETURNING {COLUMNS}"
                 ),
-                &[&id.0, &body.table_name, &email, &body.name, &body.is_active],
+                &[
+                    &id.0,
+                    &body.table_name,
+                    &email,
+                    &body.name,
+                    &body.is_active,
+                    &body.verdicts,
+                    &conditions,
+                ],
             )
             .await
             .map_err(|e| duplicate(&e, "").unwrap_or_else(|| e.into()))?

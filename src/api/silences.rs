@@ -3,6 +3,7 @@
 //! The creator is the caller's token; a silence can be ended early.
 
 use chrono::{DateTime, Duration, Utc};
+use deadpool_postgres::GenericClient;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -119,23 +120,11 @@ const COLUMNS: &str = "id, table_name, verdicts, conditions, starts_at, ends_at,
     (SELECT count(*) FROM email_sent_log e WHERE e.silenced_by = silences.id)";
 
 fn to_silence(r: &Row) -> Silence {
-    let conditions: Vec<Matcher> = serde_json::from_value(r.get(3)).unwrap_or_default();
     Silence {
         id: r.get(0),
         table_name: r.get(1),
         verdicts: r.get(2),
-        conditions: conditions
-            .into_iter()
-            .map(|c| Condition {
-                column: c.column,
-                op: match c.op {
-                    ConditionOp::Equals => Op::Equals,
-                    ConditionOp::In => Op::In,
-                    ConditionOp::Prefix => Op::Prefix,
-                },
-                values: c.values,
-            })
-            .collect(),
+        conditions: shown(r.get(3)),
         starts_at: r.get(4),
         ends_at: r.get(5),
         comment: r.get(6),
@@ -172,18 +161,30 @@ async fn matchers(
     if conditions.is_empty() {
         return Ok(Vec::new());
     }
-    let Some(table) = table.and_then(|t| state.worker.snapshot().table(t).cloned()) else {
+    let Some(table) = table else {
         return Err(ApiError::unprocessable(
             "conditions",
             "conditions: conditions on columns need a table_name",
         ));
     };
     let client = state.pool.get().await?;
+    check_conditions(&client, table, conditions, "").await
+}
+
+/// Checks `conditions` against the columns of the watched table `table`
+/// (`at` prefixes field names inside a batch); the conditions as stored.
+pub(super) async fn check_conditions(
+    client: &impl GenericClient,
+    table: &str,
+    conditions: &[Condition],
+    at: &str,
+) -> ApiResult<Vec<Matcher>> {
     let columns: Vec<String> = client
         .query(
-            "SELECT attname::text FROM pg_attribute
-              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&table.relation],
+            "SELECT a.attname::text FROM watched_tables w
+               JOIN pg_attribute a ON a.attrelid = w.relation
+              WHERE w.table_name = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table],
         )
         .await?
         .iter()
@@ -193,19 +194,17 @@ async fn matchers(
         .iter()
         .enumerate()
         .map(|(i, c)| {
+            let field = format!("{at}conditions[{i}]");
             if !columns.contains(&c.column) {
                 return Err(ApiError::unprocessable(
-                    &format!("conditions[{i}].column"),
-                    format!(
-                        "conditions[{i}].column: {} has no column '{}'",
-                        table.name, c.column
-                    ),
+                    &format!("{field}.column"),
+                    format!("{field}.column: {table} has no column '{}'", c.column),
                 ));
             }
             if c.op == Op::Equals && c.values.len() != 1 {
                 return Err(ApiError::invalid(
-                    &format!("conditions[{i}].values"),
-                    format!("conditions[{i}].values: equals takes exactly one value"),
+                    &format!("{field}.values"),
+                    format!("{field}.values: equals takes exactly one value"),
                 ));
             }
             Ok(Matcher {
@@ -217,6 +216,23 @@ async fn matchers(
                 },
                 values: c.values.clone(),
             })
+        })
+        .collect()
+}
+
+/// Stored conditions as the API shows them.
+pub(super) fn shown(stored: serde_json::Value) -> Vec<Condition> {
+    let conditions: Vec<Matcher> = serde_json::from_value(stored).unwrap_or_default();
+    conditions
+        .into_iter()
+        .map(|c| Condition {
+            column: c.column,
+            op: match c.op {
+                ConditionOp::Equals => Op::Equals,
+                ConditionOp::In => Op::In,
+                ConditionOp::Prefix => Op::Prefix,
+            },
+            values: c.values,
         })
         .collect()
 }

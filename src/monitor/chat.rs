@@ -59,12 +59,18 @@ pub async fn send_all(
     for (table, channels) in &snapshot.channels {
         for channel in channels {
             let destination = channel.destination();
+            let rows = rows.get(table.as_str());
             let alerts: Vec<&ClaimedAlert> = claimed
                 .iter()
-                .filter(|a| &a.table_name == table && !done(a).contains(&destination))
+                .filter(|a| {
+                    &a.table_name == table
+                        && !done(a).contains(&destination)
+                        && channel
+                            .route
+                            .takes(&a.verdict, rows.and_then(|r| r.get(&a.record_id)))
+                })
                 .collect();
             if !alerts.is_empty() {
-                let rows = rows.get(table.as_str());
                 sends.push(async move {
                     let lines: Vec<AlertLine> = alerts
                         .iter()

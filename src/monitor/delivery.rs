@@ -100,7 +100,16 @@ impl Worker {
         .await;
         self.0.status.note_chat(&snapshot, &chat);
         let empty = HashMap::new();
-        let digests = digest::group(&claimed, switches.digest_max_records);
+        let routed: HashMap<i64, Vec<String>> = claimed
+            .iter()
+            .map(|a| {
+                let row = rows
+                    .get(a.table_name.as_str())
+                    .and_then(|r| r.get(&a.record_id));
+                (a.id, snapshot.routed(&a.table_name, &a.verdict, row))
+            })
+            .collect();
+        let digests = digest::group(&claimed, switches.digest_max_records, &routed);
         let outcomes = join_all(digests.iter().map(|d| {
             let rows = rows.get(d.table).unwrap_or(&empty);
             let renderer = snapshot

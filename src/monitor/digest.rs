@@ -26,28 +26,39 @@ use crate::mail::{AlertRecord, DeliveryError, Mailer, Renderer};
 pub struct Digest<'a> {
     pub table: &'a str,
     pub alerts: Vec<&'a ClaimedAlert>,
+    /// The destinations these alerts are routed to (addresses in lower
+    /// case, `channel:<id>`), sorted.
+    pub routed: Vec<String>,
 }
 
-/// Splits a claimed batch into digests: one table and one set of earlier
-/// deliveries per digest, at most `max_records` alerts each.
-pub fn group(alerts: &[ClaimedAlert], max_records: usize) -> Vec<Digest<'_>> {
-    let mut by_key: BTreeMap<(&str, Vec<String>), Vec<&ClaimedAlert>> = BTreeMap::new();
+/// Splits a claimed batch into digests: one table, one set of earlier
+/// deliveries and one set of routed destinations (`routed`, by alert id) per
+/// digest, at most `max_records` alerts each.
+pub fn group<'a>(
+    alerts: &'a [ClaimedAlert],
+    max_records: usize,
+    routed: &HashMap<i64, Vec<String>>,
+) -> Vec<Digest<'a>> {
+    type Key<'k> = (&'k str, Vec<String>, Vec<String>);
+    let mut by_key: BTreeMap<Key<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
         let mut done: Vec<String> = chat::done(a).into_iter().collect();
         done.sort();
+        let to = routed.get(&a.id).cloned().unwrap_or_default();
         by_key
-            .entry((a.table_name.as_str(), done))
+            .entry((a.table_name.as_str(), done, to))
             .or_default()
             .push(a);
     }
     by_key
         .into_iter()
-        .flat_map(|((table, _), alerts)| {
+        .flat_map(|((table, _, routed), alerts)| {
             alerts
                 .chunks(max_records.max(1))
                 .map(|chunk| Digest {
                     table,
                     alerts: chunk.to_vec(),
+                    routed: routed.clone(),
                 })
                 .collect::<Vec<_>>()
         })
@@ -86,12 +97,25 @@ pub async fn send_digest(
             None,
         );
     }
-    // Everyone in the digest has the same earlier deliveries (see `group`).
+    if digest.routed.is_empty() {
+        let why = "no recipient or channel of the table takes these alerts (their verdict or row is routed nowhere)";
+        return judge(
+            digest,
+            retry,
+            Destinations {
+                failures: vec![(String::new(), DeliveryError::permanent(why))],
+                ..Destinations::default()
+            },
+            None,
+        );
+    }
+    // Everyone in the digest has the same earlier deliveries and routes
+    // (see `group`).
     let done = chat::done(digest.alerts[0]);
     let mut outcome = Destinations::default();
     for channel in channels {
         let destination = channel.destination();
-        if done.contains(&destination) {
+        if done.contains(&destination) || !digest.routed.contains(&destination) {
             continue;
         }
         let Some(result) = chat.get(&channel.id) else {
@@ -121,7 +145,10 @@ pub async fn send_digest(
     }
     let targets: Vec<&Recipient> = recipients
         .iter()
-        .filter(|r| !done.contains(&r.email.to_lowercase()))
+        .filter(|r| {
+            let address = r.email.to_lowercase();
+            !done.contains(&address) && digest.routed.contains(&address)
+        })
         .collect();
     let mut message_id = None;
     match mailer {
@@ -333,7 +360,7 @@ mod tests {
         let mut alerts: Vec<_> = (0..5).map(|i| alert(i, "a", &[])).collect();
         alerts.push(alert(9, "b", &[]));
         alerts.push(alert(10, "a", &["x@y.z"]));
-        let digests = group(&alerts, 2);
+        let digests = group(&alerts, 2, &HashMap::new());
         let sizes: Vec<_> = digests.iter().map(|d| (d.table, d.alerts.len())).collect();
         assert_eq!(sizes, [("a", 2), ("a", 2), ("a", 1), ("a", 1), ("b", 1)]);
     }
@@ -341,7 +368,7 @@ mod tests {
     #[test]
     fn one_permanent_refusal_does_not_fail_the_others() {
         let alerts = [alert(1, "a", &[])];
-        let digests = group(&alerts, 10);
+        let digests = group(&alerts, 10, &HashMap::new());
         let now = Destinations {
             delivered: vec!["ok@x.y".into()],
             failures: vec![("bad@x.y".into(), DeliveryError::permanent("550"))],
@@ -365,7 +392,7 @@ mod tests {
         };
         let policy = RetryPolicy::default();
         let out = judge(
-            &group(std::slice::from_ref(&a), 10)[0],
+            &group(std::slice::from_ref(&a), 10, &HashMap::new())[0],
             &policy,
             failed(),
             None,
@@ -374,7 +401,7 @@ mod tests {
         assert!(out.retry_in_ms > 0);
         a.attempts = policy.max_attempts as i32;
         let out = judge(
-            &group(std::slice::from_ref(&a), 10)[0],
+            &group(std::slice::from_ref(&a), 10, &HashMap::new())[0],
             &policy,
             failed(),
             None,

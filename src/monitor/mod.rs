@@ -39,7 +39,7 @@ pub mod statements {
 pub use chat::{take_send, ChannelResult};
 pub use retry::RetryPolicy;
 pub use settings::{validate_setting, Setting, SettingError, SettingKind, Switches, SETTINGS};
-pub use silences::{Condition, ConditionOp, Silence};
+pub use silences::{Condition, ConditionOp, Route, Silence};
 pub use snapshot::{
     channel, smtp_configuration, Channel, Recipient, SmtpState, Snapshot, WatchedTable,
 };

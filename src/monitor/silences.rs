@@ -1,6 +1,7 @@
-//! Silences: conditions under which alerts are held, not sent, for a time.
-//! Every copy holds the silences not yet ended in its configuration (a
-//! change is announced like any other) and looks at each claimed alert.
+//! Silences and routes. A silence holds the alerts it matches, not sent, for
+//! a time; every copy holds the silences not yet ended in its configuration
+//! (a change is announced like any other) and looks at each claimed alert. A
+//! route says which alerts of its table a recipient or channel takes.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,37 @@ impl Condition {
             ConditionOp::In => self.values.contains(&text),
             ConditionOp::Prefix => self.values.iter().any(|p| text.starts_with(p.as_str())),
         }
+    }
+}
+
+/// Which alerts of its table a recipient or channel takes: some verdicts
+/// (`None`: all) of rows meeting every condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    pub verdicts: Option<Vec<String>>,
+    pub conditions: Vec<Condition>,
+}
+
+impl Route {
+    /// Reads the stored columns; unreadable conditions take nothing.
+    pub fn from_columns(verdicts: Option<Vec<String>>, conditions: Value) -> Self {
+        match serde_json::from_value(conditions) {
+            Ok(conditions) => Self {
+                verdicts,
+                conditions,
+            },
+            Err(_) => Self {
+                verdicts: Some(Vec::new()),
+                conditions: Vec::new(),
+            },
+        }
+    }
+
+    pub fn takes(&self, verdict: &str, row: Option<&Map<String, Value>>) -> bool {
+        self.verdicts
+            .as_ref()
+            .map_or(true, |v| v.iter().any(|x| x == verdict))
+            && self.conditions.iter().all(|c| c.holds(row))
     }
 }
 

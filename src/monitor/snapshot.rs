@@ -10,7 +10,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use super::settings::Switches;
-use super::silences::{Condition, Silence};
+use super::silences::{Condition, Route, Silence};
 use crate::channels::{BlockTemplate, ChannelKind};
 use crate::crypto::{Secret, SecretBox};
 use crate::mail::transport::Security;
@@ -99,6 +99,8 @@ impl WatchedTable {
 pub struct Recipient {
     pub email: String,
     pub name: Option<String>,
+    /// Which of the table's alerts it takes.
+    pub route: Route,
 }
 
 /// The active SMTP configuration as the worker can use it: the one place that
@@ -184,6 +186,8 @@ pub struct Channel {
     pub secret: Option<String>,
     /// The bot's key for its send limits.
     pub bot: String,
+    /// Which of the table's alerts it takes.
+    pub route: Route,
 }
 
 impl Channel {
@@ -205,7 +209,7 @@ impl std::fmt::Debug for Channel {
 
 /// The `notification_channels` columns [`open_channel`] reads.
 const CHANNEL_COLUMNS: &str =
-    "id, table_name, kind, name, webhook_url_encrypted, secret_encrypted, bot";
+    "id, table_name, kind, name, webhook_url_encrypted, secret_encrypted, bot, verdicts, conditions";
 
 /// A channel row (selected with [`CHANNEL_COLUMNS`]), its URL and secret
 /// opened.
@@ -225,6 +229,7 @@ fn open_channel(r: &tokio_postgres::Row, secrets: Option<&SecretBox>) -> Result<
         url: open(r.get(4))?,
         secret: r.get::<_, Option<&str>>(5).map(open).transpose()?,
         bot: r.get(6),
+        route: Route::from_columns(r.get(7), r.get(8)),
     })
 }
 
@@ -277,6 +282,35 @@ impl Snapshot {
             })
             .map(|t| t.name.clone())
             .collect()
+    }
+
+    /// The destinations of `table` that take an alert of `verdict` on `row`:
+    /// recipients' addresses in lower case and `channel:<id>`, sorted.
+    pub fn routed(
+        &self,
+        table: &str,
+        verdict: &str,
+        row: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Vec<String> {
+        let mut to: Vec<String> = self
+            .recipients
+            .get(table)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.route.takes(verdict, row))
+            .map(|r| r.email.to_lowercase())
+            .chain(
+                self.channels
+                    .get(table)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.route.takes(verdict, row))
+                    .map(Channel::destination),
+            )
+            .collect();
+        to.sort();
+        to.dedup();
+        to
     }
 
     pub fn table(&self, name: &str) -> Option<&WatchedTable> {
@@ -350,7 +384,7 @@ impl Snapshot {
         let mut recipients: HashMap<String, Vec<Recipient>> = HashMap::new();
         for r in tx
             .query(
-                "SELECT table_name, email, name FROM recipients_config
+                "SELECT table_name, email, name, verdicts, conditions FROM recipients_config
                   WHERE is_active ORDER BY id",
                 &[],
             )
@@ -360,6 +394,7 @@ impl Snapshot {
             recipients.entry(r.get(0)).or_default().push(Recipient {
                 email: r.get(1),
                 name: r.get(2),
+                route: Route::from_columns(r.get(3), r.get(4)),
             });
         }
         let mut channels: HashMap<String, Vec<Channel>> = HashMap::new();

@@ -377,6 +377,8 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
         email: email.try_into().unwrap(),
         name: Some("张三".try_into().unwrap()),
         is_active: None,
+        verdicts: Vec::new(),
+        conditions: Vec::new(),
     };
 
     let one = api
@@ -626,6 +628,8 @@ async fn tables_are_watched_and_unwatched_through_the_api() {
         email: "posts@example.com".try_into().unwrap(),
         name: None,
         is_active: None,
+        verdicts: Vec::new(),
+        conditions: Vec::new(),
     })
     .await
     .unwrap();
@@ -785,6 +789,8 @@ async fn every_remaining_endpoint_answers_its_success_path() {
             email: "one@example.com".try_into().unwrap(),
             name: None,
             is_active: None,
+            verdicts: Vec::new(),
+            conditions: Vec::new(),
         })
         .await
         .unwrap()

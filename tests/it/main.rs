@@ -16,6 +16,7 @@ mod old_api;
 mod outage;
 mod pipeline;
 mod python_client;
+mod routes;
 mod settings;
 mod silences;
 mod startup;

@@ -27,3 +27,11 @@ ALTER TABLE email_sent_log ADD COLUMN silenced_by integer;
 ALTER TABLE email_sent_log DROP CONSTRAINT email_sent_log_status;
 ALTER TABLE email_sent_log ADD CONSTRAINT email_sent_log_status
     CHECK (status::text = ANY ('{pending,sending,sent,failed,suppressed,baseline,silenced}'::text[]));
+
+-- Routes: a recipient or a channel may take only some verdicts (NULL: all)
+-- and only rows meeting conditions on their columns (same shape as a
+-- silence's). By default, everything of its table.
+ALTER TABLE recipients_config ADD COLUMN verdicts text[];
+ALTER TABLE recipients_config ADD COLUMN conditions jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE notification_channels ADD COLUMN verdicts text[];
+ALTER TABLE notification_channels ADD COLUMN conditions jsonb NOT NULL DEFAULT '[]';
