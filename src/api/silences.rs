@@ -66,13 +66,13 @@ pub struct Silence {
     /// Who ended it early.
     #[oai(skip_serializing_if_is_none)]
     pub expired_by: Option<String>,
-    /// `pending` (not begun), `active` or `expired`.
     pub state: SilenceState,
     /// Alerts it has held.
     pub silenced_alerts: i64,
 }
 
-/// Where a silence is in its time.
+/// Where a silence is in its time: `pending` (not begun), `active` or
+/// `expired`.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "lowercase")]
 pub enum SilenceState {
