@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
+use super::recipients::ensure_watched;
 use super::silences::{check_conditions, shown, Condition};
 use super::{
     default_page, default_page_size, delete_by_id, get_by_id, list_page, ApiTags, AppState,
@@ -239,24 +240,6 @@ fn seal_secret(state: &AppState, kind: ChannelKind, secret: &str) -> ApiResult<S
     Ok(secrets.encrypt(secret))
 }
 
-async fn ensure_watched(state: &AppState, table: &str) -> ApiResult<()> {
-    let client = state.pool.get().await?;
-    let watched = client
-        .query_opt(
-            "SELECT 1 FROM watched_tables WHERE table_name = $1",
-            &[&table],
-        )
-        .await?
-        .is_some();
-    if !watched {
-        return Err(ApiError::unprocessable(
-            "table_name",
-            format!("table_name: table '{table}' is not watched"),
-        ));
-    }
-    Ok(())
-}
-
 #[OpenApi(tag = "ApiTags::Channels")]
 impl ChannelsApi {
     /// Add a chat-bot channel to a table
@@ -282,8 +265,8 @@ impl ChannelsApi {
             .as_deref()
             .map(|s| seal_secret(&state, kind, s))
             .transpose()?;
-        ensure_watched(&state, &body.table_name).await?;
         let client = state.pool.get().await?;
+        ensure_watched(&client, &body.table_name, "").await?;
         let conditions = check_conditions(
             &client,
             &body.table_name,
@@ -438,7 +421,7 @@ impl ChannelsApi {
             Some(s) => Some(Some(seal_secret(&state, kind, s)?)),
         };
         if let Some(table) = &body.table_name {
-            ensure_watched(&state, table).await?;
+            ensure_watched(&client, table, "").await?;
         }
         let row = client
             .query_opt(

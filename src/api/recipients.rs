@@ -149,7 +149,12 @@ async fn validate(
     Ok((email, conditions))
 }
 
-async fn ensure_watched(client: &impl GenericClient, table: &str, at: &str) -> ApiResult<()> {
+/// Refuses a table that is not watched, naming `{at}table_name`.
+pub(super) async fn ensure_watched(
+    client: &impl GenericClient,
+    table: &str,
+    at: &str,
+) -> ApiResult<()> {
     let watched = client
         .query_opt(
             "SELECT 1 FROM watched_tables WHERE table_name = $1",

@@ -12,6 +12,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
+use super::recipients::ensure_watched;
 use super::{
     default_page, default_page_size, get_by_id, list_page, ApiTags, AppState, ListQuery, Page,
 };
@@ -150,13 +151,9 @@ async fn matchers(
     table: Option<&str>,
     conditions: &[Condition],
 ) -> ApiResult<Vec<Matcher>> {
+    let client = state.pool.get().await?;
     if let Some(table) = table {
-        if state.worker.snapshot().table(table).is_none() {
-            return Err(ApiError::unprocessable(
-                "table_name",
-                format!("table_name: table '{table}' is not watched"),
-            ));
-        }
+        ensure_watched(&client, table, "").await?;
     }
     if conditions.is_empty() {
         return Ok(Vec::new());
@@ -167,7 +164,6 @@ async fn matchers(
             "conditions: conditions on columns need a table_name",
         ));
     };
-    let client = state.pool.get().await?;
     check_conditions(&client, table, conditions, "").await
 }
 
