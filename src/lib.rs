@@ -15,6 +15,7 @@
 //! - `check`: the operator's health check of a deployment.
 //! - `telemetry`: logging.
 
+pub mod ack;
 pub mod api;
 pub mod app;
 pub mod audit_log;

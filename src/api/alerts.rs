@@ -16,7 +16,7 @@ use super::{
     default_page, default_page_size, get_by_id, list_page, ApiTags, AppState, ListQuery, Page,
 };
 use crate::audit_log::Audit;
-use crate::monitor::{self, Resend};
+use crate::monitor::{self, Acknowledged, Resend};
 
 pub struct AlertsApi;
 
@@ -96,6 +96,11 @@ pub struct Alert {
     /// Message-ID of the e-mail that carried it.
     #[oai(skip_serializing_if_is_none)]
     pub message_id: Option<String>,
+    /// Who acknowledged it (an operator, or the recipient whose link it was).
+    #[oai(skip_serializing_if_is_none)]
+    pub acknowledged_by: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub acknowledged_at: Option<DateTime<Utc>>,
     /// The silence that held it (status `silenced`).
     #[oai(skip_serializing_if_is_none)]
     pub silenced_by: Option<i32>,
@@ -155,7 +160,7 @@ pub struct AttemptError {
 
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
      next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at,
-     attempt_errors, channel_outcomes, silenced_by";
+     attempt_errors, channel_outcomes, silenced_by, acknowledged_by, acknowledged_at";
 
 fn to_alert(r: &Row) -> Alert {
     Alert {
@@ -176,6 +181,8 @@ fn to_alert(r: &Row) -> Alert {
         attempt_errors: serde_json::from_value(r.get(14)).unwrap_or_default(),
         channels: serde_json::from_value(r.get(15)).unwrap_or_default(),
         silenced_by: r.get(16),
+        acknowledged_by: r.get(17),
+        acknowledged_at: r.get(18),
     }
 }
 
@@ -195,6 +202,7 @@ pub(super) const AUDIT: &[Audit] = &[
     Audit::new("alert_list", "查询告警记录"),
     Audit::new("alert_get", "查询告警详情"),
     Audit::new("alert_resend", "重发告警").record_result(),
+    Audit::new("alert_ack", "确认告警").record_result(),
 ];
 
 #[OpenApi(tag = "ApiTags::Alerts")]
@@ -291,6 +299,35 @@ impl AlertsApi {
                     "alert {} is {}; only failed, suppressed or silenced alerts can be re-sent",
                     id.0,
                     status.as_str()
+                ),
+            )),
+        }
+    }
+
+    /// Acknowledge an alert: someone has taken it (once; the caller is recorded)
+    ///
+    /// Requires the operator or admin role. The same as opening the
+    /// acknowledge link of its mail.
+    #[oai(
+        path = "/api/alerts/:id/ack",
+        method = "post",
+        operation_id = "alert_ack"
+    )]
+    async fn ack(
+        &self,
+        state: Data<&AppState>,
+        auth: OperatorAuth,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Alert>> {
+        match monitor::acknowledge(&state.pool, id.0, &auth.0.operator_id).await? {
+            Acknowledged::Now => read_alert(&state, id.0).await.map(Json),
+            Acknowledged::Missing => Err(not_found(id.0)),
+            Acknowledged::Already { by, at } => Err(ApiError::conflict(
+                None,
+                format!(
+                    "alert {} was acknowledged already, by {by} at {}",
+                    id.0,
+                    at.to_rfc3339()
                 ),
             )),
         }

@@ -1,6 +1,7 @@
 //! The HTTP API: poem-openapi operations, the generated spec and the docs page.
 //! Errors are turned into problem+json in one place (`error`).
 
+mod ack_page;
 mod alerts;
 mod audit;
 mod audit_export;
@@ -405,6 +406,10 @@ pub fn routes(
         .nest("/", api)
         .at("/openapi.json", spec)
         .at("/metrics", poem::get(metrics::metrics))
+        .at(
+            "/ack/:token",
+            poem::get(ack_page::show).post(ack_page::confirm),
+        )
         .nest("/docs", docs)
         .around(path_param_names)
         .around(body_errors::name_body_fields)

@@ -23,8 +23,9 @@ pub struct TemplatesApi;
 
 /// The templates a table's alerts are rendered with (handlebars). Each gets
 /// `table`, `count`, `digest`, `verdict_counts` and `records` (each with `id`,
-/// `verdict`, `color`, `time`, `url`, `ip_address`, `mac_address`, `reason`
-/// and `fields`: every column as `name`/`value`).
+/// `verdict`, `color`, `time`, `url`, `ip_address`, `mac_address`, `reason`,
+/// `fields`: every column as `name`/`value`, and `ack_url`: the link that
+/// acknowledges it for the mail's recipient, when `PUBLIC_URL` is set).
 #[derive(Object)]
 pub struct Template {
     pub table_name: String,
@@ -167,6 +168,7 @@ async fn preview_record(
         verdict: field(&table.verdict_column).unwrap_or_else(|| "不合格".into()),
         row,
         alerted_at: chrono::Utc::now(),
+        ack_url: None,
     })
 }
 

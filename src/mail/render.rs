@@ -26,6 +26,8 @@ pub struct AlertRecord {
     pub row: Option<Map<String, Value>>,
     /// When the alert was raised (used when the row has no `created_at`).
     pub alerted_at: chrono::DateTime<chrono::Utc>,
+    /// The link that acknowledges it for this mail's recipient, if any.
+    pub ack_url: Option<String>,
 }
 
 /// A rendered message.
@@ -101,6 +103,7 @@ struct RecordContext<'a> {
     mac_address: Option<String>,
     reason: Option<String>,
     fields: Vec<Field>,
+    ack_url: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -208,6 +211,7 @@ fn record_context(r: &AlertRecord) -> RecordContext<'_> {
         mac_address: column(&["mac_address"]),
         reason: column(&["reason", "reasons"]),
         fields,
+        ack_url: r.ack_url.as_deref(),
     }
 }
 
@@ -239,6 +243,7 @@ mod tests {
             verdict: verdict.into(),
             row: row.as_object().cloned(),
             alerted_at: chrono::Utc::now(),
+            ack_url: None,
         }
     }
 

@@ -116,7 +116,15 @@ impl Worker {
                 .templates
                 .get(d.table)
                 .map_or(&self.0.renderer, |r| &**r);
-            digest::send_digest(d, rows, &snapshot, mailer.as_ref(), renderer, &chat)
+            digest::send_digest(
+                d,
+                rows,
+                &snapshot,
+                mailer.as_ref(),
+                renderer,
+                &chat,
+                self.0.ack.as_ref(),
+            )
         }))
         .await;
         let sent_at = started.elapsed();

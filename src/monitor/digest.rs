@@ -17,6 +17,7 @@ use super::chat::{self, ChannelResult};
 use super::outbox::{AlertStatus, ClaimedAlert, Outcome};
 use super::retry::RetryPolicy;
 use super::snapshot::{Recipient, Snapshot};
+use crate::ack::AckLinks;
 use crate::channels::FailureClass;
 use crate::mail::render::RenderedMail;
 use crate::mail::transport::FailureKind;
@@ -74,6 +75,7 @@ pub async fn send_digest(
     mailer: Option<&Mailer>,
     renderer: &Renderer,
     chat: &HashMap<i32, ChannelResult>,
+    ack: Option<&AckLinks>,
 ) -> Outcome {
     let retry = &snapshot.switches.retry;
     let recipients = snapshot
@@ -159,29 +161,44 @@ pub async fn send_digest(
             outcome.wait_until = outcome.wait_until.max(Some(later));
         }
         Some(mailer) => {
-            let records: Vec<AlertRecord> = digest
-                .alerts
-                .iter()
-                .map(|a| AlertRecord {
-                    record_id: a.record_id.clone(),
-                    verdict: a.verdict.clone(),
-                    row: rows.get(&a.record_id).cloned(),
-                    alerted_at: a.created_at,
-                })
-                .collect();
+            let now = Utc::now();
+            // With acknowledge links, each recipient's mail carries its own.
+            let render = |to: Option<&str>| {
+                let records: Vec<AlertRecord> = digest
+                    .alerts
+                    .iter()
+                    .map(|a| AlertRecord {
+                        record_id: a.record_id.clone(),
+                        verdict: a.verdict.clone(),
+                        row: rows.get(&a.record_id).cloned(),
+                        alerted_at: a.created_at,
+                        ack_url: ack.zip(to).map(|(l, to)| l.link(a.id, to, now)),
+                    })
+                    .collect();
+                renderer.render(digest.table, &records).map(Bodies::encode)
+            };
             let started = std::time::Instant::now();
-            let mail = match renderer.render(digest.table, &records) {
-                Ok(mail) => mail,
+            let bodies: Result<Vec<Bodies>, _> = match ack {
+                None => render(None).map(|b| vec![b]),
+                Some(_) => targets.iter().map(|r| render(Some(&r.email))).collect(),
+            };
+            let bodies = match bodies {
+                Ok(bodies) => bodies,
                 Err(e) => {
                     let refused = DeliveryError::permanent(e.to_string());
                     outcome.failures.push((String::new(), refused));
                     return judge(digest, retry, outcome, None);
                 }
             };
-            tracing::debug!(records = records.len(), bytes = mail.html.len() + mail.text.len(), rendered_in = ?started.elapsed(), "rendered");
+            tracing::debug!(records = digest.alerts.len(), rendered_in = ?started.elapsed(), "rendered");
             let id = format!("<{}@audit-alert>", uuid::Uuid::now_v7().simple());
-            let bodies = Bodies::encode(mail);
-            let results = join_all(targets.iter().map(|r| send_one(mailer, r, &bodies, &id))).await;
+            let results = join_all(
+                targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| send_one(mailer, r, &bodies[i.min(bodies.len() - 1)], &id)),
+            )
+            .await;
             for (r, result) in targets.iter().zip(results) {
                 match result {
                     Ok(()) => outcome.delivered.push(r.email.clone()),
@@ -218,6 +235,7 @@ fn transient(words: &str) -> DeliveryError {
 /// A digest's subject and bodies, encoded once for all its recipients:
 /// base64, the cheapest encoding to produce and to read, and more compact
 /// than quoted-printable for the Chinese text.
+#[derive(Clone)]
 struct Bodies {
     subject: String,
     text: Body,

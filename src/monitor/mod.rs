@@ -28,8 +28,8 @@ mod tables;
 pub use configuration::ReloadGuard;
 pub use intake::{intake_pool, take_in, TAKE_IN_BATCH};
 pub use outbox::{
-    claim, complete, count_by_status, delivery_pool, next_due, resend, unclaim, AlertStatus,
-    ClaimedAlert, Outcome, Resend,
+    acknowledge, claim, complete, count_by_status, delivery_pool, next_due, resend, unclaim,
+    Acknowledged, AlertStatus, ClaimedAlert, Outcome, Resend,
 };
 /// The outbox and intake statements, for the tests of their plans.
 pub mod statements {
@@ -118,6 +118,8 @@ struct Inner {
     chat_allowed_hosts: Vec<String>,
     /// Linked from chat messages (`PUBLIC_URL` + `/console`).
     console_url: Option<String>,
+    /// Acknowledge links in mails (with `PUBLIC_URL` and `SECRET_KEY`).
+    ack: Option<crate::ack::AckLinks>,
     renderer: Renderer,
     wake: Notify,
     config_changed: Notify,
@@ -148,6 +150,10 @@ impl Worker {
         chat: ChatSettings,
     ) -> anyhow::Result<Self> {
         let delivery = outbox::delivery_pool(&db_config, DELIVERY_LANES + 1)?;
+        let ack = secrets
+            .clone()
+            .zip(chat.public_url.as_deref())
+            .map(|(s, u)| crate::ack::AckLinks::new(s, u));
         let intake = intake::intake_pool(&db_config)?;
         let worker = Self(Arc::new(Inner {
             pool,
@@ -165,6 +171,7 @@ impl Worker {
             mailer: Mutex::new(None),
             chat: crate::channels::client(&chat.allowed_hosts),
             chat_allowed_hosts: chat.allowed_hosts,
+            ack,
             console_url: chat.public_url.map(|u| format!("{u}/console")),
             renderer: Renderer::default_templates(),
             wake: Notify::new(),
@@ -198,6 +205,11 @@ impl Worker {
     /// The HTTP client of the chat-bot channels.
     pub fn chat_client(&self) -> &reqwest::Client {
         &self.0.chat
+    }
+
+    /// The acknowledge links of this copy (with `PUBLIC_URL` and `SECRET_KEY`).
+    pub fn ack_links(&self) -> Option<&crate::ack::AckLinks> {
+        self.0.ack.as_ref()
     }
 
     /// Hosts webhook URLs may point to (`CHANNEL_ALLOWED_HOSTS`).

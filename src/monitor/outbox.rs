@@ -371,6 +371,49 @@ pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<D
     Ok(row.get(0))
 }
 
+/// What acknowledging found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acknowledged {
+    Now,
+    /// Someone did already: who and when.
+    Already {
+        by: String,
+        at: DateTime<Utc>,
+    },
+    Missing,
+}
+
+/// Marks an alert acknowledged by `by`, once.
+pub async fn acknowledge(pool: &Pool, id: i64, by: &str) -> anyhow::Result<Acknowledged> {
+    let client = db::client(pool).await?;
+    let done = client
+        .execute(
+            "UPDATE email_sent_log SET acknowledged_at = now(), acknowledged_by = $2,
+                    updated_at = now()
+              WHERE id = $1 AND acknowledged_at IS NULL",
+            &[&id, &by],
+        )
+        .await
+        .context("Failed to acknowledge an alert")?;
+    if done > 0 {
+        return Ok(Acknowledged::Now);
+    }
+    let row = client
+        .query_opt(
+            "SELECT acknowledged_by, acknowledged_at FROM email_sent_log WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .context("Failed to read an alert")?;
+    Ok(match row {
+        None => Acknowledged::Missing,
+        Some(r) => Acknowledged::Already {
+            by: r.get::<_, Option<String>>(0).unwrap_or_default(),
+            at: r.get::<_, Option<DateTime<Utc>>>(1).unwrap_or_default(),
+        },
+    })
+}
+
 /// What a re-send found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resend {

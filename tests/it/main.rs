@@ -1,6 +1,7 @@
 //! Integration tests: the real service against a fresh PostgreSQL database and
 //! a real SMTP server per test, asserting on the e-mail that arrived.
 
+mod ack;
 mod api;
 mod audit;
 mod audit_chain;
