@@ -101,6 +101,12 @@ pub struct Alert {
     pub acknowledged_by: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// When it goes to its table's escalation group unless acknowledged.
+    #[oai(skip_serializing_if_is_none)]
+    pub escalate_at: Option<DateTime<Utc>>,
+    /// When it went to the escalation group.
+    #[oai(skip_serializing_if_is_none)]
+    pub escalated_at: Option<DateTime<Utc>>,
     /// The silence that held it (status `silenced`).
     #[oai(skip_serializing_if_is_none)]
     pub silenced_by: Option<i32>,
@@ -160,7 +166,8 @@ pub struct AttemptError {
 
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
      next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at,
-     attempt_errors, channel_outcomes, silenced_by, acknowledged_by, acknowledged_at";
+     attempt_errors, channel_outcomes, silenced_by, acknowledged_by, acknowledged_at,
+     escalate_at, escalated_at";
 
 fn to_alert(r: &Row) -> Alert {
     Alert {
@@ -183,6 +190,8 @@ fn to_alert(r: &Row) -> Alert {
         silenced_by: r.get(16),
         acknowledged_by: r.get(17),
         acknowledged_at: r.get(18),
+        escalate_at: r.get(19),
+        escalated_at: r.get(20),
     }
 }
 

@@ -11,8 +11,11 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
+use super::parse_email;
+use super::recipients::ensure_watched;
 use super::{default_page, default_page_size, table_page, ApiTags, AppState, Deleted, Page};
-use crate::audit_log::Audit;
+use crate::audit_log::mask::Strategy;
+use crate::audit_log::{Audit, Masked};
 use crate::monitor::{self, WatchError, WatchRequest, DEFAULT_VERDICTS};
 
 pub struct TablesApi;
@@ -128,7 +131,49 @@ pub(super) const AUDIT: &[Audit] = &[
     Audit::new("table_watch", "新增监控表").record_result(),
     Audit::new("table_update", "修改监控表").record_result(),
     Audit::new("table_unwatch", "移除监控表"),
+    Audit::new("escalation_get", "查询升级规则"),
+    Audit::new("escalation_set", "设置升级规则").masks(EscalationInput::MASKS),
+    Audit::new("escalation_remove", "删除升级规则"),
 ];
+
+/// Whom to tell when one of the table's alerts was sent and nobody
+/// acknowledged it in time: once per alert, marked as an escalation.
+#[derive(Object)]
+pub struct Escalation {
+    pub table_name: String,
+    pub emails: Vec<String>,
+    pub after_minutes: i32,
+}
+
+/// A table's escalation group and delay.
+#[derive(Object)]
+pub struct EscalationInput {
+    #[oai(validator(min_items = 1, max_items = 50))]
+    pub emails: Vec<String>,
+    /// Minutes after an alert was sent (1 to 10080, a week).
+    #[oai(validator(minimum(value = "1"), maximum(value = "10080")))]
+    pub after_minutes: i32,
+}
+
+impl Masked for EscalationInput {
+    const MASKS: &'static [(&'static str, Strategy)] = &[("emails", Strategy::Email)];
+}
+
+async fn escalation(state: &AppState, table: &str) -> ApiResult<Escalation> {
+    let client = state.pool.get().await?;
+    client
+        .query_opt(
+            "SELECT table_name, emails, after_minutes FROM table_escalations WHERE table_name = $1",
+            &[&table],
+        )
+        .await?
+        .map(|r| Escalation {
+            table_name: r.get(0),
+            emails: r.get(1),
+            after_minutes: r.get(2),
+        })
+        .ok_or_else(|| ApiError::not_found(format!("table '{table}' has no escalation")))
+}
 
 #[OpenApi(tag = "ApiTags::Tables")]
 impl TablesApi {
@@ -260,5 +305,102 @@ impl TablesApi {
         }
         state.worker.reload_holding(held).await?;
         Ok(Json(Deleted::rows(1)))
+    }
+
+    /// A table's escalation group and delay
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
+    #[oai(
+        path = "/api/config/tables/:table_name/escalation",
+        method = "get",
+        operation_id = "escalation_get"
+    )]
+    async fn escalation_get(
+        &self,
+        state: Data<&AppState>,
+        _auth: ViewerAuth,
+        table_name: Path<String>,
+    ) -> ApiResult<Json<Escalation>> {
+        escalation(&state, &table_name.0).await.map(Json)
+    }
+
+    /// Set a table's escalation: its sent alerts nobody acknowledged within the delay go to this group, once
+    ///
+    /// Requires the operator or admin role. The delay counts from when each
+    /// alert is sent; it is kept with the alert, so it survives restarts.
+    #[oai(
+        path = "/api/config/tables/:table_name/escalation",
+        method = "put",
+        operation_id = "escalation_set"
+    )]
+    async fn escalation_set(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        table_name: Path<String>,
+        body: Json<EscalationInput>,
+    ) -> ApiResult<Json<Escalation>> {
+        let emails = body
+            .emails
+            .iter()
+            .enumerate()
+            .map(|(i, e)| parse_email(&format!("emails[{i}]"), e).map(|a| a.to_string()))
+            .collect::<ApiResult<Vec<String>>>()?;
+        let client = state.pool.get().await?;
+        ensure_watched(&client, &table_name.0, "").await?;
+        let held = state.worker.hold_reloads().await;
+        client
+            .execute(
+                "INSERT INTO table_escalations (table_name, emails, after_minutes) VALUES ($1, $2, $3)
+                 ON CONFLICT (table_name) DO UPDATE
+                    SET emails = $2, after_minutes = $3, updated_at = now()",
+                &[&table_name.0, &emails, &body.after_minutes],
+            )
+            .await?;
+        drop(client);
+        state.worker.reload_holding(held).await?;
+        escalation(&state, &table_name.0).await.map(Json)
+    }
+
+    /// Remove a table's escalation; alerts waiting to escalate no longer will
+    ///
+    /// Requires the operator or admin role.
+    #[oai(
+        path = "/api/config/tables/:table_name/escalation",
+        method = "delete",
+        operation_id = "escalation_remove"
+    )]
+    async fn escalation_remove(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        table_name: Path<String>,
+    ) -> ApiResult<Json<Deleted>> {
+        let held = state.worker.hold_reloads().await;
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM table_escalations WHERE table_name = $1",
+                &[&table_name.0],
+            )
+            .await?;
+        tx.execute(
+            "UPDATE email_sent_log SET escalate_at = NULL
+              WHERE table_name = $1 AND escalate_at IS NOT NULL AND escalated_at IS NULL
+                AND NOT escalating",
+            &[&table_name.0],
+        )
+        .await?;
+        tx.commit().await?;
+        drop(client);
+        state.worker.reload_holding(held).await?;
+        if deleted == 0 {
+            return Err(ApiError::not_found(format!(
+                "table '{}' has no escalation",
+                table_name.0
+            )));
+        }
+        Ok(Json(Deleted::rows(deleted)))
     }
 }

@@ -106,7 +106,16 @@ impl Worker {
                 let row = rows
                     .get(a.table_name.as_str())
                     .and_then(|r| r.get(&a.record_id));
-                (a.id, snapshot.routed(&a.table_name, &a.verdict, row))
+                let to = match snapshot.escalations.get(&a.table_name) {
+                    Some(e) if a.escalating => {
+                        let mut to: Vec<String> =
+                            e.emails.iter().map(|m| m.to_lowercase()).collect();
+                        to.sort();
+                        to
+                    }
+                    _ => snapshot.routed(&a.table_name, &a.verdict, row),
+                };
+                (a.id, to)
             })
             .collect();
         let digests = digest::group(&claimed, switches.digest_max_records, &routed);
@@ -127,6 +136,15 @@ impl Worker {
             )
         }))
         .await;
+        let mut outcomes = outcomes;
+        for (o, d) in outcomes.iter_mut().zip(&digests) {
+            if !d.escalating {
+                o.escalate_in_ms = snapshot
+                    .escalations
+                    .get(d.table)
+                    .map(|e| e.after.as_millis() as i64);
+            }
+        }
         let sent_at = started.elapsed();
         outbox::complete(pool, &self.0.id, &outcomes)
             .await
@@ -207,6 +225,18 @@ impl Worker {
                     }
                 }
             }
+            // Sent alerts nobody acknowledged in time go to their escalation
+            // group; the moment lives in the database, not in a timer.
+            if !self.snapshot().escalations.is_empty() {
+                match outbox::escalate_due(&self.0.delivery).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(alerts = n, "escalating unacknowledged alerts");
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "escalation check failed"),
+                }
+            }
             let wait = if failed {
                 Duration::from_secs(1)
             } else {
@@ -230,7 +260,17 @@ impl Worker {
         if !switches.monitor_enabled || tables.is_empty() {
             return IDLE;
         }
-        match outbox::next_due(&self.0.delivery, &tables).await {
+        let escalation = if snapshot.escalations.is_empty() {
+            None
+        } else {
+            outbox::next_escalation(&self.0.delivery)
+                .await
+                .unwrap_or_default()
+        };
+        let due = outbox::next_due(&self.0.delivery, &tables)
+            .await
+            .map(|due| due.into_iter().chain(escalation).min());
+        match due {
             Ok(Some(at)) => (at - chrono::Utc::now())
                 .to_std()
                 .unwrap_or_default()

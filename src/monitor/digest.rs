@@ -30,6 +30,8 @@ pub struct Digest<'a> {
     /// The destinations these alerts are routed to (addresses in lower
     /// case, `channel:<id>`), sorted.
     pub routed: Vec<String>,
+    /// An escalation: to the table's escalation group alone.
+    pub escalating: bool,
 }
 
 /// Splits a claimed batch into digests: one table, one set of earlier
@@ -40,26 +42,27 @@ pub fn group<'a>(
     max_records: usize,
     routed: &HashMap<i64, Vec<String>>,
 ) -> Vec<Digest<'a>> {
-    type Key<'k> = (&'k str, Vec<String>, Vec<String>);
+    type Key<'k> = (&'k str, bool, Vec<String>, Vec<String>);
     let mut by_key: BTreeMap<Key<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
         let mut done: Vec<String> = chat::done(a).into_iter().collect();
         done.sort();
         let to = routed.get(&a.id).cloned().unwrap_or_default();
         by_key
-            .entry((a.table_name.as_str(), done, to))
+            .entry((a.table_name.as_str(), a.escalating, done, to))
             .or_default()
             .push(a);
     }
     by_key
         .into_iter()
-        .flat_map(|((table, _, routed), alerts)| {
+        .flat_map(|((table, escalating, _, routed), alerts)| {
             alerts
                 .chunks(max_records.max(1))
                 .map(|chunk| Digest {
                     table,
                     alerts: chunk.to_vec(),
                     routed: routed.clone(),
+                    escalating,
                 })
                 .collect::<Vec<_>>()
         })
@@ -78,16 +81,38 @@ pub async fn send_digest(
     ack: Option<&AckLinks>,
 ) -> Outcome {
     let retry = &snapshot.switches.retry;
-    let recipients = snapshot
-        .recipients
-        .get(digest.table)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let channels = snapshot
-        .channels
-        .get(digest.table)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    // An escalation goes to the table's escalation group alone.
+    let group: Vec<Recipient>;
+    let (recipients, channels) = if digest.escalating {
+        group = snapshot
+            .escalations
+            .get(digest.table)
+            .map(|e| {
+                e.emails
+                    .iter()
+                    .map(|email| Recipient {
+                        email: email.clone(),
+                        name: None,
+                        route: Default::default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (group.as_slice(), &[][..])
+    } else {
+        (
+            snapshot
+                .recipients
+                .get(digest.table)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            snapshot
+                .channels
+                .get(digest.table)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        )
+    };
     if recipients.is_empty() && channels.is_empty() {
         return judge(
             digest,
@@ -175,7 +200,12 @@ pub async fn send_digest(
                         ack_url: ack.zip(to).map(|(l, to)| l.link(a.id, to, now)),
                     })
                     .collect();
-                renderer.render(digest.table, &records).map(Bodies::encode)
+                renderer.render(digest.table, &records).map(|mut mail| {
+                    if digest.escalating {
+                        mail.subject = format!("【升级·无人确认】{}", mail.subject);
+                    }
+                    Bodies::encode(mail)
+                })
             };
             let started = std::time::Instant::now();
             let bodies: Result<Vec<Bodies>, _> = match ack {
@@ -353,6 +383,7 @@ fn judge(
         created_at: digest.alerts.iter().map(|a| a.created_at).collect(),
         uncounted,
         channels: Value::Object(now.channels),
+        escalate_in_ms: None,
     }
 }
 
@@ -370,6 +401,7 @@ mod tests {
             delivered_to: delivered.iter().map(|s| s.to_string()).collect(),
             refused_by: vec![],
             created_at: chrono::Utc::now(),
+            escalating: false,
         }
     }
 

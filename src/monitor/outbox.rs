@@ -75,6 +75,9 @@ pub struct ClaimedAlert {
     /// Recipients that refused it for good.
     pub refused_by: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// Sent, unacknowledged past its table's delay: this attempt goes to the
+    /// table's escalation group.
+    pub escalating: bool,
 }
 
 /// What became of the alerts of one digest (they share their fate).
@@ -100,6 +103,9 @@ pub struct Outcome {
     pub uncounted: bool,
     /// Channel id → what the channel did (`channel_outcomes`, merged).
     pub channels: Value,
+    /// For `sent`: when to escalate it unless acknowledged (its table's
+    /// delay, in milliseconds); for a sent escalation, `None`.
+    pub escalate_in_ms: Option<i64>,
 }
 
 /// Planner settings of the connections delivery uses for the outbox (see
@@ -152,12 +158,13 @@ pub const CLAIM: &str = "
  RETURNING e.id, e.table_name, e.record_id, e.verdict, e.attempts, e.delivered_to,
            CASE WHEN e.failed_recipients = '{}' THEN '{}'::text[]
                 ELSE ARRAY(SELECT jsonb_object_keys(e.failed_recipients)) END,
-           e.created_at";
+           e.created_at, e.escalating";
 
 /// Records one digest's outcome: `$1` worker, `$2` ids, `$3` status,
 /// `$4` delivered to, `$5` refused by, `$6` error, `$7` message id,
 /// `$8` retry in milliseconds, `$9` the attempt given back, `$10` what the
-/// channels did.
+/// channels did, `$11` escalate in milliseconds once sent (an escalation that
+/// went out is recorded as escalated instead).
 ///
 /// Only the claim sets `locked_by` (with status `sending`), and every later
 /// change of the row clears it, so `locked_by` alone says the lease is still
@@ -182,6 +189,13 @@ pub const RECORD_OUTCOME: &str = "
            attempts = e.attempts - CASE WHEN $9::bool THEN 1 ELSE 0 END,
            channel_outcomes = CASE WHEN $10::jsonb = '{}' THEN e.channel_outcomes
                                    ELSE channel_outcomes_merge(e.channel_outcomes, $10::jsonb) END,
+           escalated_at = CASE WHEN e.escalating AND $3::text = 'sent' THEN now()
+                               ELSE e.escalated_at END,
+           escalating = e.escalating AND $3::text <> 'sent',
+           escalate_at = CASE WHEN $3::text = 'sent' AND NOT e.escalating AND $11::bigint IS NOT NULL
+                                   AND e.escalate_at IS NULL
+                              THEN now() + make_interval(secs => $11::bigint / 1000.0)
+                              ELSE e.escalate_at END,
            updated_at = now()
      WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
 
@@ -246,6 +260,7 @@ pub async fn claim(
             delivered_to: r.get(5),
             refused_by: r.get(6),
             created_at: r.get(7),
+            escalating: r.get(8),
         })
         .collect();
     alerts.sort_by_key(|a| a.id);
@@ -338,6 +353,7 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
                     &o.retry_in_ms,
                     &o.uncounted,
                     &o.channels,
+                    &o.escalate_in_ms,
                 ],
             )
             .await
@@ -371,6 +387,38 @@ pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<D
     Ok(row.get(0))
 }
 
+/// Puts back in line, for their escalation group, the sent alerts whose
+/// escalation moment passed unacknowledged; how many.
+pub async fn escalate_due(pool: &Pool) -> anyhow::Result<u64> {
+    let client = db::client(pool).await?;
+    client
+        .execute(
+            "UPDATE email_sent_log
+                SET status = 'pending', escalating = true, attempts = 0, next_attempt_at = now(),
+                    updated_at = now()
+              WHERE escalate_at <= now() AND escalate_at IS NOT NULL AND escalated_at IS NULL
+                AND NOT escalating AND status = 'sent' AND acknowledged_at IS NULL",
+            &[],
+        )
+        .await
+        .context("Failed to escalate alerts")
+}
+
+/// When the next sent alert is to be escalated, if any is waiting.
+pub async fn next_escalation(pool: &Pool) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let client = db::client(pool).await?;
+    let row = client
+        .query_one(
+            "SELECT min(escalate_at) FROM email_sent_log
+              WHERE escalate_at IS NOT NULL AND escalated_at IS NULL
+                AND NOT escalating AND status = 'sent' AND acknowledged_at IS NULL",
+            &[],
+        )
+        .await
+        .context("Failed to look up the next escalation")?;
+    Ok(row.get(0))
+}
+
 /// What acknowledging found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Acknowledged {
@@ -389,6 +437,7 @@ pub async fn acknowledge(pool: &Pool, id: i64, by: &str) -> anyhow::Result<Ackno
     let done = client
         .execute(
             "UPDATE email_sent_log SET acknowledged_at = now(), acknowledged_by = $2,
+                    escalate_at = CASE WHEN escalated_at IS NULL THEN NULL ELSE escalate_at END,
                     updated_at = now()
               WHERE id = $1 AND acknowledged_at IS NULL",
             &[&id, &by],

@@ -139,6 +139,7 @@ mod tests {
             delivered_to: vec![],
             refused_by: vec![],
             created_at: Utc::now(),
+            escalating: false,
         }
     }
 

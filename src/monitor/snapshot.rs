@@ -207,6 +207,14 @@ impl std::fmt::Debug for Channel {
     }
 }
 
+/// Whom to tell when a table's sent alert stays unacknowledged, and after
+/// how long.
+#[derive(Clone, Debug)]
+pub struct Escalation {
+    pub emails: Vec<String>,
+    pub after: Duration,
+}
+
 /// The `notification_channels` columns [`open_channel`] reads.
 const CHANNEL_COLUMNS: &str =
     "id, table_name, kind, name, webhook_url_encrypted, secret_encrypted, bot, verdicts, conditions";
@@ -262,6 +270,8 @@ pub struct Snapshot {
     pub recipients: HashMap<String, Vec<Recipient>>,
     /// Active chat-bot channels of each table, ready to send with.
     pub channels: HashMap<String, Vec<Channel>>,
+    /// Tables' escalation groups and delays.
+    pub escalations: HashMap<String, Escalation>,
     /// Silences not yet ended (some may not have begun).
     pub silences: Vec<Silence>,
     /// Tables' own blocks for chat-bot messages, by (table, kind).
@@ -415,6 +425,23 @@ impl Snapshot {
                 }
             }
         }
+        let mut escalations = HashMap::new();
+        for r in tx
+            .query(
+                "SELECT table_name, emails, after_minutes FROM table_escalations",
+                &[],
+            )
+            .await
+            .context("Failed to read table_escalations")?
+        {
+            escalations.insert(
+                r.get::<_, String>(0),
+                Escalation {
+                    emails: r.get(1),
+                    after: Duration::from_secs(60 * r.get::<_, i32>(2).max(1) as u64),
+                },
+            );
+        }
         let mut silences = Vec::new();
         for r in tx
             .query(
@@ -487,6 +514,7 @@ impl Snapshot {
             tables,
             recipients,
             channels,
+            escalations,
             silences,
             channel_templates,
             templates,

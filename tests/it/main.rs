@@ -11,6 +11,7 @@ mod bots;
 mod channels;
 mod client;
 mod docs;
+mod escalation;
 mod faults;
 mod helpers;
 mod old_api;

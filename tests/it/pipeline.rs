@@ -675,7 +675,8 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
     let ids: Vec<i64> = (1..=200).collect();
     let refused = serde_json::json!({});
     let delivered = vec!["oncall@example.com"];
-    let outcome: [Param; 10] = [
+    let none: Option<i64> = None;
+    let outcome: [Param; 11] = [
         &"tester",
         &ids,
         &"sent",
@@ -686,6 +687,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         &0i64,
         &false,
         &refused,
+        &none,
     ];
     let nodes = plan_nodes(&delivery, statements::RECORD_OUTCOME, &outcome).await;
     let text = serde_json::Value::Array(nodes).to_string();
@@ -758,6 +760,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         created_at: Vec::new(),
         uncounted: false,
         channels: serde_json::json!({}),
+        escalate_in_ms: None,
     };
 
     let late = [outcome(AlertStatus::Sent, "late@example.com")];
