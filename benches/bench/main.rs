@@ -21,6 +21,8 @@
 //!   the two medians. Takes about three minutes.
 //! - `burst`: a burst written while delivery is paused, then drained:
 //!   alerted records/s; also the process RSS peak.
+//! - `oncall`: `latency` and `burst` again with 100 silences and 50 routes
+//!   that every alert is checked against (none holds it).
 //! - `trigger`: the writer's cost of the triggers, watched table against an
 //!   identical unwatched one; also that of a trigger whose function does
 //!   nothing, the least any row trigger costs.
@@ -67,8 +69,9 @@ pub type Results = serde_json::Map<String, serde_json::Value>;
 pub type Rows = Vec<(String, String)>;
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 9] = [
-    "latency", "polling", "burst", "trigger", "sweep", "enqueue", "writer", "api", "export",
+const PARTS: [&str; 10] = [
+    "latency", "polling", "burst", "oncall", "trigger", "sweep", "enqueue", "writer", "api",
+    "export",
 ];
 
 pub fn env_num(name: &str, default: u64) -> u64 {
@@ -126,13 +129,17 @@ async fn main() {
     let mut rows = Rows::new();
 
     if run("latency") {
-        pipeline::latency(&mut results, &mut rows).await;
+        pipeline::latency(&mut results, &mut rows, false).await;
     }
     if run("polling") {
         pipeline::polling(&mut results, &mut rows).await;
     }
     if run("burst") {
-        pipeline::burst(&mut results, &mut rows).await;
+        pipeline::burst(&mut results, &mut rows, false).await;
+    }
+    if run("oncall") {
+        pipeline::latency(&mut results, &mut rows, true).await;
+        pipeline::burst(&mut results, &mut rows, true).await;
     }
     if run("trigger") {
         pipeline::trigger_overhead(&mut results, &mut rows).await;

@@ -13,14 +13,54 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::*;
 use crate::{env_num, median, percentile, rss_kib, Results, Rows};
 
+const RULES: &str = " with 100 silences and 50 routes";
+
+/// On-call rules every alert is checked against, none of which holds the
+/// benchmark's alerts: 100 silences of the same table (each with a verdict
+/// and a condition on a column), and 50 recipients with a route (a verdict
+/// and a condition), besides the on-call recipient who takes everything.
+async fn add_silences_and_routes(client: &tokio_postgres::Client) {
+    client
+        .execute(
+            "INSERT INTO silences (table_name, verdicts, conditions, starts_at, ends_at, comment, created_by)
+             SELECT 'audit_results', ARRAY['不确定'],
+                    jsonb_build_array(jsonb_build_object('column', 'url', 'op', 'prefix',
+                                      'values', jsonb_build_array('https://elsewhere-' || g || '/'))),
+                    now(), now() + interval '1 day', 'benchmark', 'bench'
+               FROM generate_series(1, 100) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO recipients_config (table_name, email, name, verdicts, conditions)
+             SELECT 'audit_results', 'route' || g || '@example.com', '路由', ARRAY['不合格'],
+                    jsonb_build_array(jsonb_build_object('column', 'reason', 'op', 'equals',
+                                      'values', jsonb_build_array('其他 ' || g)))
+               FROM generate_series(1, 50) g",
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
 /// Single-row transactions at a steady rate; latency from commit to the SMTP
 /// server holding the message.
-pub async fn latency(results: &mut Results, rows: &mut Rows) {
+pub async fn latency(results: &mut Results, rows: &mut Rows, rules: bool) {
     let n = env_num("BENCH_LATENCY_ROWS", 1000);
     let db = TestDb::new().await;
     let smtp = SmtpServer::start();
     db.migrate().await;
     configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
+    if rules {
+        add_silences_and_routes(&db.client().await).await;
+    }
+    let (label, key) = if rules {
+        (RULES, "latency_ms_with_rules")
+    } else {
+        ("", "latency_ms")
+    };
     let app = db.start().await;
     let client = db.client().await;
     let rss_idle = rss_kib("VmRSS:");
@@ -28,12 +68,12 @@ pub async fn latency(results: &mut Results, rows: &mut Rows) {
     let mails = smtp.wait_for_records(n as usize).await;
     let [p50, p90, p99, max] = latencies(&mails, &committed).map(|s| s * 1e3);
     rows.push((
-        format!("commit → mail latency, {n} rows at 200/s: p50 / p90 / p99 / max"),
+        format!("commit → mail latency{label}, {n} rows at 200/s: p50 / p90 / p99 / max"),
         format!("{p50:.2} / {p90:.2} / {p99:.2} / {max:.2} ms"),
     ));
     rows.push(("mails for those rows".into(), mails.len().to_string()));
     results.insert(
-        "latency_ms".into(),
+        key.into(),
         json!({"p50": p50, "p90": p90, "p99": p99, "max": max, "rows": n, "mails": mails.len()}),
     );
     results.insert("rss_idle_kib".into(), json!(rss_idle));
@@ -175,13 +215,21 @@ async fn wait_for_records_within(smtp: &SmtpServer, n: usize, within: Duration) 
 }
 
 /// A burst written while delivery is paused, then drained: alerted records/s.
-pub async fn burst(results: &mut Results, rows: &mut Rows) {
+pub async fn burst(results: &mut Results, rows: &mut Rows, rules: bool) {
     let n = env_num("BENCH_BURST_ROWS", 100_000);
     let db = TestDb::new().await;
     let smtp = SmtpServer::start();
     db.migrate().await;
     configure(&db, smtp.port, &[("audit_results", "oncall@example.com")]).await;
     let client = db.client().await;
+    if rules {
+        add_silences_and_routes(&client).await;
+    }
+    let (label, key) = if rules {
+        (RULES, "burst_with_rules")
+    } else {
+        ("", "burst")
+    };
     set_config(&client, "monitor_enabled", "false").await;
     let digest = env_num("BENCH_DIGEST", 200).to_string();
     set_config(&client, "digest_max_records", &digest).await;
@@ -197,7 +245,7 @@ pub async fn burst(results: &mut Results, rows: &mut Rows) {
     let secs = last.duration_since(start).as_secs_f64();
     let rate = n as f64 / secs;
     rows.push((
-        format!("burst drain, {n} rows, digests of {digest}: records/s"),
+        format!("burst drain{label}, {n} rows, digests of {digest}: records/s"),
         format!("{rate:.0}"),
     ));
     rows.push((
@@ -212,7 +260,7 @@ pub async fn burst(results: &mut Results, rows: &mut Rows) {
         "process RSS peak (service + harness + SMTP server)".into(),
         format!("{} MiB", rss_kib("VmHWM:") / 1024),
     ));
-    results.insert("burst".into(), json!({"rows": n, "records_per_s": rate, "mails": mails.len(), "first_mail_ms": first.duration_since(start).as_secs_f64() * 1e3}));
+    results.insert(key.into(), json!({"rows": n, "records_per_s": rate, "mails": mails.len(), "first_mail_ms": first.duration_since(start).as_secs_f64() * 1e3}));
     results.insert("rss_peak_kib".into(), json!(rss_kib("VmHWM:")));
     app.stop().await;
 }
