@@ -30,6 +30,20 @@ async fn start(smtp: &SmtpServer) -> (TestDb, audit_alert::app::App, tokio_postg
     (db, app, client)
 }
 
+/// Waits until the service holds `n` channels of `audit_results`.
+async fn loaded(app: &audit_alert::app::App, n: usize) {
+    eventually("the channels are loaded", async || {
+        let held = app
+            .worker()
+            .snapshot()
+            .channels
+            .get("audit_results")
+            .map_or(0, Vec::len);
+        (held == n).then_some(()).ok_or(format!("{held} of {n}"))
+    })
+    .await
+}
+
 /// Adds a channel through the API; its id.
 async fn add(app: &audit_alert::app::App, kind: &str, url: &str, secret: Option<&str>) -> i64 {
     let mut body =
@@ -87,15 +101,7 @@ async fn each_channel_gets_the_alert_signed_as_its_service_documents() {
         add(&app, "feishu", &feishu.url(), Some("fs-secret")).await,
         add(&app, "webhook", &webhook.url(), Some("wh-secret")).await,
     ];
-    eventually("the channels are loaded", async || {
-        app.worker()
-            .snapshot()
-            .channels
-            .get("audit_results")
-            .map(Vec::len)
-            == Some(4)
-    })
-    .await;
+    loaded(&app, 4).await;
 
     let record = insert_audit_rows(&client, 1, "不合格").await[0];
     smtp.wait_for_records(1).await;
@@ -158,15 +164,7 @@ async fn a_wrong_secret_is_refused_for_good_and_mail_still_goes() {
     let d = add(&app, "dingtalk", &dingtalk.url(), Some("SECwrong")).await;
     let f = add(&app, "feishu", &feishu.url(), Some("wrong")).await;
     let w = add(&app, "wecom", &wecom.url(), None).await;
-    eventually("the channels are loaded", async || {
-        app.worker()
-            .snapshot()
-            .channels
-            .get("audit_results")
-            .map(Vec::len)
-            == Some(3)
-    })
-    .await;
+    loaded(&app, 3).await;
 
     let record = insert_audit_rows(&client, 1, "不确定").await[0];
     smtp.wait_for_records(1).await;
@@ -282,15 +280,7 @@ async fn a_burst_stays_within_the_bots_limit_and_every_alert_is_in_a_message() {
     let wecom = Bot::start(Service::WeCom, None).await;
     add(&app, "dingtalk", &dingtalk.url(), Some("SECburst")).await;
     add(&app, "wecom", &wecom.url(), None).await;
-    eventually("the channels are loaded", async || {
-        app.worker()
-            .snapshot()
-            .channels
-            .get("audit_results")
-            .map(Vec::len)
-            == Some(2)
-    })
-    .await;
+    loaded(&app, 2).await;
     let n = 10_000;
     insert_audit_rows(&client, n, "不合格").await;
     wait_for_count_query(
@@ -332,13 +322,7 @@ async fn a_bot_at_its_limit_waits_without_losing_or_failing_the_alert() {
     let (_db, app, client) = start(&smtp).await;
     let wecom = Bot::start(Service::WeCom, None).await;
     let w = add(&app, "wecom", &wecom.url(), None).await;
-    eventually("the channel is loaded", async || {
-        app.worker()
-            .snapshot()
-            .channels
-            .contains_key("audit_results")
-    })
-    .await;
+    loaded(&app, 1).await;
     // Another copy sent 20 messages to this bot 59.5 s ago: the window
     // frees in half a second.
     client
@@ -512,13 +496,7 @@ async fn two_copies_send_each_alert_to_a_channel_exactly_once() {
     let config = db.config_with(&[("SECRET_KEY", KEY), ("CHANNEL_ALLOWED_HOSTS", "127.0.0.1")]);
     let second = audit_alert::app::App::start(&config).await.unwrap();
     for app in [&first, &second] {
-        eventually("the channel is loaded", async || {
-            app.worker()
-                .snapshot()
-                .channels
-                .contains_key("audit_results")
-        })
-        .await;
+        loaded(app, 1).await;
     }
     let n = 2000;
     let ids = insert_audit_rows(&client, n, "不合格").await;
