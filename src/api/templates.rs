@@ -496,6 +496,7 @@ impl TemplatesApi {
             verdict: record.verdict,
             alerted_at: record.alerted_at,
             row: record.row,
+            ack_url: None,
         };
         let rendered = crate::channels::preview_block(kind, &alert, &table.name, &block)
             .map_err(|e| ApiError::invalid("block", format!("block: {e}")))?;

@@ -61,6 +61,7 @@ fn piece(
         let (id, record_id, verdict) = (alert.id, &alert.record_id, &alert.verdict);
         return json!({
             "id": id, "record_id": record_id, "verdict": verdict, "alerted_at": alerted_at, "row": row,
+            "ack_url": alert.ack_url,
         });
     }
     let rendered = block
@@ -107,6 +108,7 @@ fn context(kind: ChannelKind, alert: &AlertLine, columns: usize, table: &str) ->
         "table": clean(table, VALUE_CHARS),
         "fields": fields,
         "more_fields": cells.len().saturating_sub(columns),
+        "ack_url": alert.ack_url,
     })
 }
 
@@ -364,6 +366,7 @@ mod tests {
             verdict,
             alerted_at,
             row: Some(row),
+            ack_url: None,
         }
     }
 

@@ -98,6 +98,8 @@ pub struct AlertLine {
     pub verdict: String,
     pub alerted_at: chrono::DateTime<chrono::Utc>,
     pub row: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The link that acknowledges it, if the service makes links.
+    pub ack_url: Option<String>,
 }
 
 /// What goes to one bot: the URL to POST (with DingTalk's timestamp and

@@ -3,7 +3,8 @@
 //! `record_id`, `verdict`, `color` (the kind's colour for the verdict),
 //! `time` (UTC+8), `table`, `fields` (the row's non-null columns as
 //! `name`/`value`, values cut to 200 characters) and `more_fields` (columns
-//! left out to fit the service's size limit). Values are made safe for
+//! left out to fit the service's size limit) and `ack_url` (the link that
+//! acknowledges it, with `PUBLIC_URL`). Values are made safe for
 //! markdown before the template sees them; nothing is escaped after.
 
 use handlebars::Handlebars;
@@ -11,9 +12,9 @@ use serde_json::{json, Value};
 
 use super::ChannelKind;
 
-const DINGTALK: &str = "**<font color=\"{{color}}\">{{verdict}}</font>** 告警编号 {{id}}\n\n记录：{{record_id}}\n\n时间：{{time}}{{#each fields}}\n\n{{name}}: {{value}}{{/each}}{{#if more_fields}}\n\n（其余 {{more_fields}} 个字段未列出）{{/if}}";
-const WECOM: &str = "**<font color=\"{{color}}\">{{verdict}}</font>** 告警编号 {{id}}\n记录：{{record_id}}\n时间：{{time}}{{#each fields}}\n{{name}}: {{value}}{{/each}}{{#if more_fields}}\n（其余 {{more_fields}} 个字段未列出）{{/if}}";
-const FEISHU: &str = "**<font color='{{color}}'>{{verdict}}</font>** 告警编号 {{id}}\n记录：{{record_id}}\n时间：{{time}}{{#each fields}}\n{{name}}: {{value}}{{/each}}{{#if more_fields}}\n（其余 {{more_fields}} 个字段未列出）{{/if}}";
+const DINGTALK: &str = "**<font color=\"{{color}}\">{{verdict}}</font>** 告警编号 {{id}}\n\n记录：{{record_id}}\n\n时间：{{time}}{{#each fields}}\n\n{{name}}: {{value}}{{/each}}{{#if more_fields}}\n\n（其余 {{more_fields}} 个字段未列出）{{/if}}{{#if ack_url}}\n\n[确认已处理]({{ack_url}}){{/if}}";
+const WECOM: &str = "**<font color=\"{{color}}\">{{verdict}}</font>** 告警编号 {{id}}\n记录：{{record_id}}\n时间：{{time}}{{#each fields}}\n{{name}}: {{value}}{{/each}}{{#if more_fields}}\n（其余 {{more_fields}} 个字段未列出）{{/if}}{{#if ack_url}}\n[确认已处理]({{ack_url}}){{/if}}";
+const FEISHU: &str = "**<font color='{{color}}'>{{verdict}}</font>** 告警编号 {{id}}\n记录：{{record_id}}\n时间：{{time}}{{#each fields}}\n{{name}}: {{value}}{{/each}}{{#if more_fields}}\n（其余 {{more_fields}} 个字段未列出）{{/if}}{{#if ack_url}}\n[确认已处理]({{ack_url}}){{/if}}";
 
 /// A compiled block template.
 pub struct BlockTemplate {

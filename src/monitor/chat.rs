@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::outbox::ClaimedAlert;
 use super::snapshot::{Channel, Snapshot};
+use crate::ack::AckLinks;
 use crate::channels::{self, AlertLine, Answer, BlockTemplate, FailureClass};
 use crate::db;
 
@@ -54,7 +55,9 @@ pub async fn send_all(
     rows: &HashMap<&str, HashMap<String, Map<String, Value>>>,
     snapshot: &Snapshot,
     console_url: Option<&str>,
+    ack: Option<&AckLinks>,
 ) -> HashMap<i32, ChannelResult> {
+    let now = Utc::now();
     let mut sends = Vec::new();
     for (table, channels) in &snapshot.channels {
         for channel in channels {
@@ -80,6 +83,8 @@ pub async fn send_all(
                             verdict: a.verdict.clone(),
                             alerted_at: a.created_at,
                             row: rows.and_then(|r| r.get(&a.record_id)).cloned(),
+                            // Acknowledged by the channel the message went to.
+                            ack_url: ack.map(|l| l.link(a.id, &destination, now)),
                         })
                         .collect();
                     let block = snapshot

@@ -96,6 +96,7 @@ impl Worker {
             &rows,
             &snapshot,
             self.0.console_url.as_deref(),
+            self.0.ack.as_ref(),
         )
         .await;
         self.0.status.note_chat(&snapshot, &chat);

@@ -141,6 +141,23 @@ async fn each_channel_gets_the_alert_signed_as_its_service_documents() {
             .unwrap()
             .contains(&json!(format!("channel:{id}"))));
     }
+    // Each message carries an acknowledge link made for its channel.
+    assert!(text(&dingtalk.accepted()[0]).contains("https://alerts.example.com/ack/"));
+    let link = webhook.accepted()[0]["alerts"][0]["ack_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = link.rsplit('/').next().unwrap();
+    let confirmed = reqwest::Client::new()
+        .post(format!("http://{}/ack/{token}", app.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+    let id = shown["id"].as_i64().unwrap();
+    let (_, _, acked) = raw(&app, "GET", &format!("/api/alerts/{id}"), None).await;
+    assert_eq!(acked["acknowledged_by"], format!("channel:{}", ids[3]));
+
     let metrics = reqwest::get(format!("http://{}/metrics", app.addr()))
         .await
         .unwrap()
