@@ -250,6 +250,7 @@ async fn a_rate_limit_answer_is_retried_and_a_test_message_arrives() {
     let (_db, app, client) = start(&smtp).await;
     let feishu = Bot::start(Service::Feishu, None).await;
     let f = add(&app, "feishu", &feishu.url(), None).await;
+    loaded(&app, 1).await;
     let (status, _, answer) = raw(
         &app,
         "POST",
@@ -447,6 +448,7 @@ async fn a_tables_own_block_is_validated_previewed_and_used() {
     let (_db, app, client) = start(&smtp).await;
     let dingtalk = Bot::start(Service::DingTalk, None).await;
     add(&app, "dingtalk", &dingtalk.url(), None).await;
+    loaded(&app, 1).await;
     let path = "/api/config/tables/audit_results/channel-templates/dingtalk";
 
     let (status, _, built_in) = raw(&app, "GET", path, None).await;
