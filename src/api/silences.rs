@@ -33,6 +33,16 @@ pub enum Op {
     Prefix,
 }
 
+impl From<Op> for ConditionOp {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Equals => Self::Equals,
+            Op::In => Self::In,
+            Op::Prefix => Self::Prefix,
+        }
+    }
+}
+
 /// A condition on one column of the alerted row.
 #[derive(Object, Clone)]
 pub struct Condition {
@@ -205,11 +215,7 @@ pub(super) async fn check_conditions(
             }
             Ok(Matcher {
                 column: c.column.clone(),
-                op: match c.op {
-                    Op::Equals => ConditionOp::Equals,
-                    Op::In => ConditionOp::In,
-                    Op::Prefix => ConditionOp::Prefix,
-                },
+                op: c.op.into(),
                 values: c.values.clone(),
             })
         })

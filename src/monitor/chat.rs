@@ -5,7 +5,7 @@
 //! the bot may send again, without an attempt counted, and then go out
 //! together in one message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -36,16 +36,6 @@ pub enum ChannelResult {
     },
 }
 
-/// An alert's destinations done already: delivered or refused for good.
-pub fn done(alert: &ClaimedAlert) -> HashSet<String> {
-    alert
-        .delivered_to
-        .iter()
-        .chain(&alert.refused_by)
-        .map(|e| e.to_lowercase())
-        .collect()
-}
-
 /// Sends each channel of the batch's tables one message with the alerts it
 /// does not have yet; results by channel id.
 pub async fn send_all(
@@ -67,7 +57,7 @@ pub async fn send_all(
                 .iter()
                 .filter(|a| {
                     &a.table_name == table
-                        && !done(a).contains(&destination)
+                        && !a.is_done(&destination)
                         && channel
                             .route
                             .takes(&a.verdict, rows.and_then(|r| r.get(&a.record_id)))

@@ -63,15 +63,16 @@ impl Worker {
             }
         }
         let fetched_at = started.elapsed();
+        let row_of = |a: &outbox::ClaimedAlert| {
+            rows.get(a.table_name.as_str())
+                .and_then(|r| r.get(&a.record_id))
+        };
         // What a silence holds is recorded as silenced, not sent.
         let now = chrono::Utc::now();
         let held: Vec<(i64, i32)> = claimed
             .iter()
             .filter_map(|a| {
-                let row = rows
-                    .get(a.table_name.as_str())
-                    .and_then(|r| r.get(&a.record_id));
-                silences::holding(&snapshot.silences, a, row, now).map(|s| (a.id, s.id))
+                silences::holding(&snapshot.silences, a, row_of(a), now).map(|s| (a.id, s.id))
             })
             .collect();
         let held_count = held.len();
@@ -103,24 +104,10 @@ impl Worker {
         let empty = HashMap::new();
         let routed: HashMap<i64, Vec<String>> = claimed
             .iter()
-            .map(|a| {
-                let row = rows
-                    .get(a.table_name.as_str())
-                    .and_then(|r| r.get(&a.record_id));
-                let to = match snapshot.escalations.get(&a.table_name) {
-                    Some(e) if a.escalating => {
-                        let mut to: Vec<String> =
-                            e.emails.iter().map(|m| m.to_lowercase()).collect();
-                        to.sort();
-                        to
-                    }
-                    _ => snapshot.routed(&a.table_name, &a.verdict, row),
-                };
-                (a.id, to)
-            })
+            .map(|a| (a.id, snapshot.routed(a, row_of(a))))
             .collect();
         let digests = digest::group(&claimed, switches.digest_max_records, &routed);
-        let outcomes = join_all(digests.iter().map(|d| {
+        let mut outcomes = join_all(digests.iter().map(|d| {
             let rows = rows.get(d.table).unwrap_or(&empty);
             let renderer = snapshot
                 .templates
@@ -137,7 +124,6 @@ impl Worker {
             )
         }))
         .await;
-        let mut outcomes = outcomes;
         for (o, d) in outcomes.iter_mut().zip(&digests) {
             if !d.escalating {
                 o.escalate_in_ms = snapshot

@@ -45,7 +45,7 @@ pub fn group<'a>(
     type Key<'k> = (&'k str, bool, Vec<String>, Vec<String>);
     let mut by_key: BTreeMap<Key<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
-        let mut done: Vec<String> = chat::done(a).into_iter().collect();
+        let mut done: Vec<String> = a.done().into_iter().collect();
         done.sort();
         let to = routed.get(&a.id).cloned().unwrap_or_default();
         by_key
@@ -82,37 +82,7 @@ pub async fn send_digest(
 ) -> Outcome {
     let retry = &snapshot.switches.retry;
     // An escalation goes to the table's escalation group alone.
-    let group: Vec<Recipient>;
-    let (recipients, channels) = if digest.escalating {
-        group = snapshot
-            .escalations
-            .get(digest.table)
-            .map(|e| {
-                e.emails
-                    .iter()
-                    .map(|email| Recipient {
-                        email: email.clone(),
-                        name: None,
-                        route: Default::default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        (group.as_slice(), &[][..])
-    } else {
-        (
-            snapshot
-                .recipients
-                .get(digest.table)
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
-            snapshot
-                .channels
-                .get(digest.table)
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
-        )
-    };
+    let (recipients, channels) = snapshot.destinations(digest.alerts[0]);
     if recipients.is_empty() && channels.is_empty() {
         return judge(
             digest,
@@ -138,7 +108,7 @@ pub async fn send_digest(
     }
     // Everyone in the digest has the same earlier deliveries and routes
     // (see `group`).
-    let done = chat::done(digest.alerts[0]);
+    let done = digest.alerts[0].done();
     let mut outcome = Destinations::default();
     for channel in channels {
         let destination = channel.destination();

@@ -80,6 +80,26 @@ pub struct ClaimedAlert {
     pub escalating: bool,
 }
 
+impl ClaimedAlert {
+    /// Its destinations done already, in lower case: delivered or refused
+    /// for good.
+    pub fn done(&self) -> std::collections::HashSet<String> {
+        self.delivered_to
+            .iter()
+            .chain(&self.refused_by)
+            .map(|e| e.to_lowercase())
+            .collect()
+    }
+
+    /// Whether `destination` (in lower case) is done already.
+    pub fn is_done(&self, destination: &str) -> bool {
+        self.delivered_to
+            .iter()
+            .chain(&self.refused_by)
+            .any(|e| e.eq_ignore_ascii_case(destination))
+    }
+}
+
 /// What became of the alerts of one digest (they share their fate).
 #[derive(Clone, Debug)]
 pub struct Outcome {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_postgres::Pool;
 
+use super::outbox::ClaimedAlert;
 use super::settings::Switches;
 use super::silences::{Condition, Route, Silence};
 use crate::channels::{BlockTemplate, ChannelKind};
@@ -211,7 +212,7 @@ impl std::fmt::Debug for Channel {
 /// how long.
 #[derive(Clone, Debug)]
 pub struct Escalation {
-    pub emails: Vec<String>,
+    pub recipients: Vec<Recipient>,
     pub after: Duration,
 }
 
@@ -294,26 +295,43 @@ impl Snapshot {
             .collect()
     }
 
-    /// The destinations of `table` that take an alert of `verdict` on `row`:
-    /// recipients' addresses in lower case and `channel:<id>`, sorted.
+    /// The recipients and channels an alert goes to: those of its table
+    /// whose routes take it, or its table's escalation group when it is
+    /// escalating.
+    pub fn destinations(&self, alert: &ClaimedAlert) -> (&[Recipient], &[Channel]) {
+        let table = alert.table_name.as_str();
+        if alert.escalating {
+            let group = self.escalations.get(table).map(|e| e.recipients.as_slice());
+            return (group.unwrap_or_default(), &[]);
+        }
+        (
+            self.recipients
+                .get(table)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            self.channels
+                .get(table)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The destinations that take `alert` (whose row is `row`): recipients'
+    /// addresses in lower case and `channel:<id>`, sorted.
     pub fn routed(
         &self,
-        table: &str,
-        verdict: &str,
+        alert: &ClaimedAlert,
         row: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Vec<String> {
-        let mut to: Vec<String> = self
-            .recipients
-            .get(table)
-            .into_iter()
-            .flatten()
+        let (recipients, channels) = self.destinations(alert);
+        let verdict = alert.verdict.as_str();
+        let mut to: Vec<String> = recipients
+            .iter()
             .filter(|r| r.route.takes(verdict, row))
             .map(|r| r.email.to_lowercase())
             .chain(
-                self.channels
-                    .get(table)
-                    .into_iter()
-                    .flatten()
+                channels
+                    .iter()
                     .filter(|c| c.route.takes(verdict, row))
                     .map(Channel::destination),
             )
@@ -437,7 +455,15 @@ impl Snapshot {
             escalations.insert(
                 r.get::<_, String>(0),
                 Escalation {
-                    emails: r.get(1),
+                    recipients: r
+                        .get::<_, Vec<String>>(1)
+                        .into_iter()
+                        .map(|email| Recipient {
+                            email,
+                            name: None,
+                            route: Route::default(),
+                        })
+                        .collect(),
                     after: Duration::from_secs(60 * r.get::<_, i32>(2).max(1) as u64),
                 },
             );
