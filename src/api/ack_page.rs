@@ -15,7 +15,7 @@ use super::AppState;
 use crate::ack::LinkError;
 use crate::audit_log::new_audit_id;
 use crate::audit_log::writer::Entry;
-use crate::monitor::{self, Acknowledged};
+use crate::monitor::Acknowledged;
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
@@ -130,7 +130,7 @@ pub async fn confirm(req: &Request, state: Data<&AppState>, Path(token): Path<St
             "<p>The audit log is not keeping up; try again shortly.</p>",
         );
     };
-    let (response, failed, error) = match monitor::acknowledge(&state.pool, id, &recipient).await {
+    let (response, failed, error) = match state.worker.acknowledge(id, &recipient).await {
         Ok(Acknowledged::Now) => (
             page(
                 StatusCode::OK,

@@ -113,6 +113,9 @@ pub struct Alert {
     /// What each chat-bot channel of its table did with it, by channel id
     /// (also `channel:<id>` in `delivered_to` once delivered).
     pub channels: BTreeMap<String, ChannelOutcome>,
+    /// Destinations its last attempt found in their quiet hours (see a
+    /// recipient's or channel's `schedule`), by address or `channel:<id>`.
+    pub held: BTreeMap<String, Held>,
     pub created_at: DateTime<Utc>,
     #[oai(skip_serializing_if_is_none)]
     pub sent_at: Option<DateTime<Utc>>,
@@ -155,6 +158,18 @@ pub struct ChannelOutcome {
     pub waiting_until: Option<DateTime<Utc>>,
 }
 
+/// A destination that did not get an alert because of its quiet hours.
+#[derive(Object, serde::Deserialize)]
+pub struct Held {
+    /// When its window opens; the alert goes to it then.
+    pub until: DateTime<Utc>,
+    /// Why it will not get the alert after all: `acknowledged` or
+    /// `escalated` before its window opened.
+    #[serde(default)]
+    #[oai(skip_serializing_if_is_none)]
+    pub dropped: Option<String>,
+}
+
 /// What went wrong with one delivery attempt.
 #[derive(Object, serde::Deserialize)]
 pub struct AttemptError {
@@ -167,7 +182,7 @@ pub struct AttemptError {
 const COLUMNS: &str = "id, table_name, record_id, verdict, status, attempts, error_message,
      next_attempt_at, delivered_to, failed_recipients, message_id, created_at, sent_at, updated_at,
      attempt_errors, channel_outcomes, silenced_by, acknowledged_by, acknowledged_at,
-     escalate_at, escalated_at";
+     escalate_at, escalated_at, held";
 
 fn to_alert(r: &Row) -> Alert {
     Alert {
@@ -192,6 +207,7 @@ fn to_alert(r: &Row) -> Alert {
         acknowledged_at: r.get(18),
         escalate_at: r.get(19),
         escalated_at: r.get(20),
+        held: serde_json::from_value(r.get(21)).unwrap_or_default(),
     }
 }
 
@@ -328,7 +344,7 @@ impl AlertsApi {
         auth: OperatorAuth,
         id: Path<i64>,
     ) -> ApiResult<Json<Alert>> {
-        match monitor::acknowledge(&state.pool, id.0, &auth.0.operator_id).await? {
+        match state.worker.acknowledge(id.0, &auth.0.operator_id).await? {
             Acknowledged::Now => read_alert(&state, id.0).await.map(Json),
             Acknowledged::Missing => Err(not_found(id.0)),
             Acknowledged::Already { by, at } => Err(ApiError::conflict(

@@ -15,6 +15,7 @@ use tokio_postgres::Row;
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
 use super::recipients::ensure_watched;
+use super::schedules::{self, check_schedule, Schedule};
 use super::silences::{check_conditions, shown, Condition};
 use super::{
     default_page, default_page_size, delete_by_id, get_by_id, list_page, ApiTags, AppState,
@@ -84,6 +85,9 @@ pub struct Channel {
     pub verdicts: Option<Vec<String>>,
     /// Only alerts whose row meets all of these; empty: every row.
     pub conditions: Vec<Condition>,
+    /// When it takes alerts; absent: at any time.
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<Schedule>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -117,6 +121,9 @@ pub struct ChannelInput {
     #[oai(validator(max_items = 20))]
     #[oai(skip_serializing_if_is_none)]
     pub conditions: Option<Vec<Condition>>,
+    /// Quiet hours: when it takes alerts (default: at any time).
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<Schedule>,
 }
 
 /// The fields of a channel to change; the others are kept.
@@ -142,6 +149,9 @@ pub struct ChannelChange {
     #[oai(validator(max_items = 20))]
     #[oai(skip_serializing_if_is_none)]
     pub conditions: Option<Vec<Condition>>,
+    /// Quiet hours: when it takes alerts; no windows takes them at any time again.
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<Schedule>,
 }
 
 /// A channel saved.
@@ -183,7 +193,7 @@ pub(super) const AUDIT: &[Audit] = &[
 ];
 
 const COLUMNS: &str = "id, table_name, kind, name, webhook_host, secret_encrypted IS NOT NULL,
-    is_active, created_at, updated_at, verdicts, conditions";
+    is_active, created_at, updated_at, verdicts, conditions, schedule";
 
 fn to_channel(r: &Row) -> Channel {
     Channel {
@@ -198,6 +208,7 @@ fn to_channel(r: &Row) -> Channel {
         updated_at: r.get(8),
         verdicts: r.get(9),
         conditions: shown(r.get(10)),
+        schedule: schedules::shown(r.get(11)),
     }
 }
 
@@ -275,13 +286,14 @@ impl ChannelsApi {
         )
         .await?;
         let conditions = serde_json::to_value(conditions).map_err(anyhow::Error::from)?;
+        let schedule = check_schedule(body.schedule.as_ref(), "")?;
         let row = client
             .query_one(
                 &format!(
                     "INSERT INTO notification_channels
                          (table_name, kind, name, webhook_url_encrypted, webhook_host, bot,
-                          secret_encrypted, is_active, verdicts, conditions)
-                     VALUES ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, $9, $10)
+                          secret_encrypted, is_active, verdicts, conditions, schedule)
+                     VALUES ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, $9, $10, $11)
                      RETURNING {COLUMNS}"
                 ),
                 &[
@@ -295,6 +307,7 @@ impl ChannelsApi {
                     &body.is_active.unwrap_or(true),
                     &body.verdicts,
                     &conditions,
+                    &schedule,
                 ],
             )
             .await?;
@@ -423,6 +436,7 @@ impl ChannelsApi {
         if let Some(table) = &body.table_name {
             ensure_watched(&client, table, "").await?;
         }
+        let schedule = check_schedule(body.schedule.as_ref(), "")?;
         let row = client
             .query_opt(
                 &format!(
@@ -434,7 +448,8 @@ impl ChannelsApi {
                          is_active = coalesce($9, is_active),
                          verdicts = CASE WHEN $10::text[] IS NULL THEN verdicts
                                          ELSE nullif($10, '{{}}'::text[]) END,
-                         conditions = coalesce($11, conditions), updated_at = now()
+                         conditions = coalesce($11, conditions),
+                         schedule = CASE WHEN $12 THEN $13 ELSE schedule END, updated_at = now()
                       WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[
@@ -449,6 +464,8 @@ impl ChannelsApi {
                     &body.is_active,
                     &body.verdicts,
                     &conditions,
+                    &body.schedule.is_some(),
+                    &schedule,
                 ],
             )
             .await?

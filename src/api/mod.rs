@@ -15,6 +15,7 @@ mod health;
 mod metrics;
 mod monitor;
 mod recipients;
+mod schedules;
 mod silences;
 mod smtp;
 mod system;

@@ -12,6 +12,7 @@ use tokio_postgres::Row;
 
 use super::auth::{OperatorAuth, ViewerAuth};
 use super::error::{ApiError, ApiResult};
+use super::schedules::{self, check_schedule, Schedule};
 use super::silences::{check_conditions, shown, Condition};
 use super::{
     default_page, default_page_size, delete_by_id, get_by_id, list_page, parse_email, ApiTags,
@@ -38,6 +39,9 @@ pub struct Recipient {
     pub verdicts: Option<Vec<String>>,
     /// Only alerts whose row meets all of these; empty: every row.
     pub conditions: Vec<Condition>,
+    /// When it takes alerts; absent: at any time.
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<Schedule>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -64,6 +68,9 @@ pub struct RecipientInput {
     #[oai(validator(max_items = 20))]
     #[oai(skip_serializing_if_is_none)]
     pub conditions: Option<Vec<Condition>>,
+    /// Quiet hours: when it takes alerts (default: at any time).
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<Schedule>,
 }
 
 /// A recipient saved, with the old system's confirmation message.
@@ -96,6 +103,9 @@ pub struct RecipientChange {
     #[oai(validator(max_items = 20))]
     #[oai(skip_serializing_if_is_none)]
     pub conditions: Option<Vec<Condition>>,
+    /// Quiet hours: when it takes alerts; no windows takes them at any time again.
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<Schedule>,
 }
 
 /// Several recipients, created together or not at all.
@@ -113,7 +123,7 @@ pub struct RecipientIds {
 }
 
 const COLUMNS: &str =
-    "id, table_name, email, name, is_active, created_at, updated_at, verdicts, conditions";
+    "id, table_name, email, name, is_active, created_at, updated_at, verdicts, conditions, schedule";
 
 fn to_recipient(r: &Row) -> Recipient {
     Recipient {
@@ -126,17 +136,20 @@ fn to_recipient(r: &Row) -> Recipient {
         updated_at: r.get(6),
         verdicts: r.get(7),
         conditions: shown(r.get(8)),
+        schedule: schedules::shown(r.get(9)),
     }
 }
 
 /// Checks one input; `at` prefixes field names inside a batch
-/// (`recipients[3].email`). The address and the route's conditions as stored.
+/// (`recipients[3].email`). The address, the route's conditions and the
+/// schedule as stored.
 async fn validate(
     client: &impl GenericClient,
     input: &RecipientInput,
     at: &str,
-) -> ApiResult<(String, serde_json::Value)> {
+) -> ApiResult<(String, serde_json::Value, Option<serde_json::Value>)> {
     let email = parse_email(&format!("{at}email"), &input.email)?.to_string();
+    let schedule = check_schedule(input.schedule.as_ref(), at)?;
     ensure_watched(client, &input.table_name, at).await?;
     let conditions = check_conditions(
         client,
@@ -146,7 +159,7 @@ async fn validate(
     )
     .await?;
     let conditions = serde_json::to_value(conditions).map_err(anyhow::Error::from)?;
-    Ok((email, conditions))
+    Ok((email, conditions, schedule))
 }
 
 /// Refuses a table that is not watched, naming `{at}table_name`.
@@ -185,12 +198,13 @@ async fn insert(
     input: &RecipientInput,
     at: &str,
 ) -> ApiResult<Recipient> {
-    let (email, conditions) = validate(client, input, at).await?;
+    let (email, conditions, schedule) = validate(client, input, at).await?;
     client
         .query_one(
             &format!(
-                "INSERT INTO recipients_config (table_name, email, name, is_active, verdicts, conditions)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+                "INSERT INTO recipients_config
+                        (table_name, email, name, is_active, verdicts, conditions, schedule)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
             ),
             &[
                 &input.table_name,
@@ -199,6 +213,7 @@ async fn insert(
                 &input.is_active.unwrap_or(true),
                 &input.verdicts,
                 &conditions,
+                &schedule,
             ],
         )
         .await
@@ -342,6 +357,7 @@ impl RecipientsApi {
         if let Some(table) = &body.table_name {
             ensure_watched(&client, table, "").await?;
         }
+        let schedule = check_schedule(body.schedule.as_ref(), "")?;
         let conditions = match &body.conditions {
             None => None,
             Some(conditions) => {
@@ -369,7 +385,8 @@ impl RecipientsApi {
                          is_active = coalesce($5, is_active),
                          verdicts = CASE WHEN $6::text[] IS NULL THEN verdicts
                                          ELSE nullif($6, '{{}}'::text[]) END,
-                         conditions = coalesce($7, conditions), updated_at = now()
+                         conditions = coalesce($7, conditions),
+                         schedule = CASE WHEN $8 THEN $9 ELSE schedule END, updated_at = now()
                       WHERE id = $1 RETURNING {COLUMNS}"
                 ),
                 &[
@@ -380,6 +397,8 @@ impl RecipientsApi {
                     &body.is_active,
                     &body.verdicts,
                     &conditions,
+                    &body.schedule.is_some(),
+                    &schedule,
                 ],
             )
             .await

@@ -37,7 +37,10 @@ pub enum ChannelResult {
 }
 
 /// Sends each channel of the batch's tables one message with the alerts it
-/// does not have yet; results by channel id.
+/// does not have yet; results by channel id. A channel outside its schedule
+/// at `schedule_now` gets nothing (see `digest::send_digest`), nor does one
+/// for an escalation (that goes to the escalation group).
+#[allow(clippy::too_many_arguments)]
 pub async fn send_all(
     pool: &Pool,
     client: &reqwest::Client,
@@ -46,17 +49,26 @@ pub async fn send_all(
     snapshot: &Snapshot,
     console_url: Option<&str>,
     ack: Option<&AckLinks>,
+    schedule_now: DateTime<Utc>,
 ) -> HashMap<i32, ChannelResult> {
     let now = Utc::now();
     let mut sends = Vec::new();
     for (table, channels) in &snapshot.channels {
         for channel in channels {
+            if channel
+                .schedule
+                .as_ref()
+                .is_some_and(|s| !s.is_open(schedule_now))
+            {
+                continue;
+            }
             let destination = channel.destination();
             let rows = rows.get(table.as_str());
             let alerts: Vec<&ClaimedAlert> = claimed
                 .iter()
                 .filter(|a| {
                     &a.table_name == table
+                        && !a.escalating
                         && !a.is_done(&destination)
                         && channel
                             .route

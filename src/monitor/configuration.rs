@@ -100,6 +100,15 @@ impl Worker {
         if previous.switches.check_interval != snapshot.switches.check_interval {
             self.0.rearm_sweep.notify_one();
         }
+        // A changed schedule may open or close a window for what waits.
+        if previous.schedules() != snapshot.schedules() {
+            if let Err(e) = self.recheck_holds().await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "alerts held for quiet hours not looked at again"
+                );
+            }
+        }
         // What waited for this change (a resumed monitor, a new recipient)
         // goes out now.
         self.wake();

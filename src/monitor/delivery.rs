@@ -89,7 +89,9 @@ impl Worker {
         if claimed.is_empty() {
             return Ok(held_count);
         }
-        // Each channel gets one message for the batch, while the mail goes.
+        // Each channel gets one message for the batch, while the mail goes;
+        // schedules are read once for the batch.
+        let clock = self.0.clock.read();
         let chat = chat::send_all(
             pool,
             &self.0.chat,
@@ -98,6 +100,7 @@ impl Worker {
             &snapshot,
             self.0.console_url.as_deref(),
             self.0.ack.as_ref(),
+            clock.now,
         )
         .await;
         self.0.status.note_chat(&snapshot, &chat);
@@ -121,6 +124,7 @@ impl Worker {
                 renderer,
                 &chat,
                 self.0.ack.as_ref(),
+                &clock,
             )
         }))
         .await;

@@ -9,13 +9,14 @@ use futures_util::future::join_all;
 use lettre::message::header::ContentTransferEncoding;
 use lettre::message::{Body, Mailbox, MultiPart};
 use lettre::Message;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use chrono::{DateTime, Utc};
 
 use super::chat::{self, ChannelResult};
 use super::outbox::{AlertStatus, ClaimedAlert, Outcome};
 use super::retry::RetryPolicy;
+use super::schedule::{Reading, Schedule};
 use super::snapshot::{Recipient, Snapshot};
 use crate::ack::AckLinks;
 use crate::channels::FailureClass;
@@ -32,30 +33,38 @@ pub struct Digest<'a> {
     pub routed: Vec<String>,
     /// An escalation: to the table's escalation group alone.
     pub escalating: bool,
+    /// Acknowledged or escalated already (see [`ClaimedAlert::settled`]).
+    pub settled: Option<&'static str>,
 }
 
 /// Splits a claimed batch into digests: one table, one set of earlier
-/// deliveries and one set of routed destinations (`routed`, by alert id) per
-/// digest, at most `max_records` alerts each.
+/// deliveries, one set of routed destinations (`routed`, by alert id) and
+/// one settlement per digest, at most `max_records` alerts each.
 pub fn group<'a>(
     alerts: &'a [ClaimedAlert],
     max_records: usize,
     routed: &HashMap<i64, Vec<String>>,
 ) -> Vec<Digest<'a>> {
-    type Key<'k> = (&'k str, bool, Vec<String>, Vec<String>);
+    type Key<'k> = (
+        &'k str,
+        bool,
+        Vec<String>,
+        Vec<String>,
+        Option<&'static str>,
+    );
     let mut by_key: BTreeMap<Key<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
         let mut done: Vec<String> = a.done().into_iter().collect();
         done.sort();
         let to = routed.get(&a.id).cloned().unwrap_or_default();
         by_key
-            .entry((a.table_name.as_str(), a.escalating, done, to))
+            .entry((a.table_name.as_str(), a.escalating, done, to, a.settled))
             .or_default()
             .push(a);
     }
     by_key
         .into_iter()
-        .flat_map(|((table, escalating, _, routed), alerts)| {
+        .flat_map(|((table, escalating, _, routed, settled), alerts)| {
             alerts
                 .chunks(max_records.max(1))
                 .map(|chunk| Digest {
@@ -63,6 +72,7 @@ pub fn group<'a>(
                     alerts: chunk.to_vec(),
                     routed: routed.clone(),
                     escalating,
+                    settled,
                 })
                 .collect::<Vec<_>>()
         })
@@ -71,6 +81,10 @@ pub fn group<'a>(
 
 /// Sends one digest by mail (when there is a mailer) and decides the
 /// outcome of its alerts, with what the table's channels did with them.
+/// Destinations outside their schedule by `clock` get nothing now: the
+/// alerts wait for the first window to open, or, once settled, are dropped
+/// for them.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_digest(
     digest: &Digest<'_>,
     rows: &HashMap<String, Map<String, Value>>,
@@ -79,6 +93,7 @@ pub async fn send_digest(
     renderer: &Renderer,
     chat: &HashMap<i32, ChannelResult>,
     ack: Option<&AckLinks>,
+    clock: &Reading,
 ) -> Outcome {
     let retry = &snapshot.switches.retry;
     // An escalation goes to the table's escalation group alone.
@@ -115,6 +130,9 @@ pub async fn send_digest(
         if done.contains(&destination) || !digest.routed.contains(&destination) {
             continue;
         }
+        if outcome.hold(&destination, channel.schedule.as_deref(), digest, clock) {
+            continue;
+        }
         let Some(result) = chat.get(&channel.id) else {
             continue;
         };
@@ -140,13 +158,16 @@ pub async fn send_digest(
             }
         }
     }
-    let targets: Vec<&Recipient> = recipients
-        .iter()
-        .filter(|r| {
-            let address = r.email.to_lowercase();
-            !done.contains(&address) && digest.routed.contains(&address)
-        })
-        .collect();
+    let mut targets: Vec<&Recipient> = Vec::new();
+    for r in recipients {
+        let address = r.email.to_lowercase();
+        if !done.contains(&address)
+            && digest.routed.contains(&address)
+            && !outcome.hold(&address, r.schedule.as_deref(), digest, clock)
+        {
+            targets.push(r);
+        }
+    }
     let mut message_id = None;
     match mailer {
         _ if targets.is_empty() => {}
@@ -226,6 +247,42 @@ struct Destinations {
     wait_until: Option<DateTime<Utc>>,
     /// Channel id → its part of the record.
     channels: Map<String, Value>,
+    /// Destinations in quiet hours: destination → `{"until", "dropped"?}`.
+    held: Map<String, Value>,
+    /// When the first of them opens (real time).
+    held_until: Option<DateTime<Utc>>,
+    /// Some were dropped: the alerts were settled while they waited.
+    dropped: bool,
+}
+
+impl Destinations {
+    /// Whether `destination` is outside its schedule now; if so it is held
+    /// until its window opens, or dropped when the alerts are settled.
+    fn hold(
+        &mut self,
+        destination: &str,
+        schedule: Option<&Schedule>,
+        digest: &Digest<'_>,
+        clock: &Reading,
+    ) -> bool {
+        let Some(schedule) = schedule.filter(|s| !s.is_open(clock.now)) else {
+            return false;
+        };
+        let until = schedule.next_opening(clock.now);
+        let mut entry = json!({ "until": until });
+        match digest.settled {
+            Some(why) => {
+                entry["dropped"] = Value::from(why);
+                self.dropped = true;
+            }
+            None => {
+                let at = clock.real(until);
+                self.held_until = Some(self.held_until.map_or(at, |h| h.min(at)));
+            }
+        }
+        self.held.insert(destination.to_owned(), entry);
+        true
+    }
 }
 
 fn transient(words: &str) -> DeliveryError {
@@ -324,14 +381,20 @@ fn judge(
         .unwrap_or(1)
         .max(0) as u32;
     let mut uncounted = false;
+    // The first moment a destination waits for: a bot's send limit, an SMTP
+    // server, a window of its schedule.
+    let wait_until = match (now.wait_until, now.held_until) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let (status, retry_in) = if transient && retry.may_retry(attempts) {
         (AlertStatus::Pending, retry.delay(attempts, fastrand::f64()))
-    } else if let (false, Some(until)) = (transient, now.wait_until) {
+    } else if let (false, Some(until)) = (transient, wait_until) {
         // Only waiting: not an attempt.
         uncounted = true;
         let wait = (until - Utc::now()).to_std().unwrap_or_default();
         (AlertStatus::Pending, wait)
-    } else if !transient && !delivered_to.is_empty() {
+    } else if !transient && (!delivered_to.is_empty() || now.dropped) {
         (AlertStatus::Sent, Default::default())
     } else {
         (AlertStatus::Failed, Default::default())
@@ -354,6 +417,7 @@ fn judge(
         uncounted,
         channels: Value::Object(now.channels),
         escalate_in_ms: None,
+        held: Value::Object(now.held),
     }
 }
 
@@ -372,6 +436,7 @@ mod tests {
             refused_by: vec![],
             created_at: chrono::Utc::now(),
             escalating: false,
+            settled: None,
         }
     }
 

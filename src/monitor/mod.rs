@@ -18,6 +18,7 @@ mod intake;
 mod listener;
 mod outbox;
 mod retry;
+mod schedule;
 mod settings;
 mod silences;
 mod snapshot;
@@ -28,7 +29,7 @@ mod tables;
 pub use configuration::ReloadGuard;
 pub use intake::{intake_pool, take_in, TAKE_IN_BATCH};
 pub use outbox::{
-    acknowledge, claim, complete, count_by_status, delivery_pool, next_due, resend, unclaim,
+    claim, complete, count_by_status, delivery_pool, next_due, recheck_holds, resend, unclaim,
     Acknowledged, AlertStatus, ClaimedAlert, Outcome, Resend,
 };
 /// The outbox and intake statements, for the tests of their plans.
@@ -38,6 +39,7 @@ pub mod statements {
 }
 pub use chat::{take_send, ChannelResult};
 pub use retry::RetryPolicy;
+pub use schedule::{Clock, Schedule, ScheduleError, ScheduleSpec, WindowSpec, DEFAULT_TIME_ZONE};
 pub use settings::{validate_setting, Setting, SettingError, SettingKind, Switches, SETTINGS};
 pub use silences::{Condition, ConditionOp, Route, Silence};
 pub use snapshot::{
@@ -121,6 +123,8 @@ struct Inner {
     /// Acknowledge links in mails (with `PUBLIC_URL` and `SECRET_KEY`).
     ack: Option<crate::ack::AckLinks>,
     renderer: Renderer,
+    /// What schedules (quiet hours) are read by.
+    clock: schedule::Clock,
     wake: Notify,
     config_changed: Notify,
     /// Transactions announced on the control channel and not yet looked at
@@ -174,6 +178,7 @@ impl Worker {
             ack,
             console_url: chat.public_url.map(|u| format!("{u}/console")),
             renderer: Renderer::default_templates(),
+            clock: schedule::Clock::default(),
             wake: Notify::new(),
             config_changed: Notify::new(),
             announced: Mutex::default(),
@@ -242,6 +247,29 @@ impl Worker {
 
     pub(crate) fn db_config(&self) -> &tokio_postgres::Config {
         &self.0.db_config
+    }
+
+    /// The clock schedules (quiet hours) are read by.
+    pub fn schedule_clock(&self) -> &schedule::Clock {
+        &self.0.clock
+    }
+
+    /// Looks again, now, at the alerts waiting for destinations in quiet
+    /// hours (after a schedule or the clock changed).
+    pub async fn recheck_holds(&self) -> anyhow::Result<u64> {
+        let n = outbox::recheck_holds(&self.0.delivery).await?;
+        self.wake();
+        Ok(n)
+    }
+
+    /// Marks an alert acknowledged by `by`, once; what its destinations in
+    /// quiet hours waited for is dropped at once.
+    pub async fn acknowledge(&self, id: i64, by: &str) -> anyhow::Result<Acknowledged> {
+        let done = outbox::acknowledge(&self.0.pool, id, by).await?;
+        if done == Acknowledged::Now {
+            self.wake();
+        }
+        Ok(done)
     }
 
     /// Asks the dispatcher to look for due alerts now.

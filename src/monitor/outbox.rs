@@ -78,6 +78,9 @@ pub struct ClaimedAlert {
     /// Sent, unacknowledged past its table's delay: this attempt goes to the
     /// table's escalation group.
     pub escalating: bool,
+    /// Acknowledged (`"acknowledged"`) or escalated (`"escalated"`) already:
+    /// what quiet hours held back for it no longer goes.
+    pub settled: Option<&'static str>,
 }
 
 impl ClaimedAlert {
@@ -126,6 +129,9 @@ pub struct Outcome {
     /// For `sent`: when to escalate it unless acknowledged (its table's
     /// delay, in milliseconds); for a sent escalation, `None`.
     pub escalate_in_ms: Option<i64>,
+    /// Destinations held back by their quiet hours (`held`): destination →
+    /// `{"until": …}`, plus `"dropped"` once the alert is settled.
+    pub held: Value,
 }
 
 /// Planner settings of the connections delivery uses for the outbox (see
@@ -178,13 +184,19 @@ pub const CLAIM: &str = "
  RETURNING e.id, e.table_name, e.record_id, e.verdict, e.attempts, e.delivered_to,
            CASE WHEN e.failed_recipients = '{}' THEN '{}'::text[]
                 ELSE ARRAY(SELECT jsonb_object_keys(e.failed_recipients)) END,
-           e.created_at, e.escalating";
+           e.created_at, e.escalating,
+           CASE WHEN e.acknowledged_at IS NOT NULL THEN 'acknowledged'
+                WHEN e.escalated_at IS NOT NULL THEN 'escalated' END";
 
 /// Records one digest's outcome: `$1` worker, `$2` ids, `$3` status,
 /// `$4` delivered to, `$5` refused by, `$6` error, `$7` message id,
 /// `$8` retry in milliseconds, `$9` the attempt given back, `$10` what the
 /// channels did, `$11` escalate in milliseconds once sent (an escalation that
-/// went out is recorded as escalated instead).
+/// went out is recorded as escalated instead), `$12` what quiet hours held
+/// back (an escalation keeps what was held before it, dropped once it went).
+///
+/// The escalation moment is set when the alert first reaches someone: once
+/// sent, or while destinations in quiet hours still wait for it.
 ///
 /// Only the claim sets `locked_by` (with status `sending`), and every later
 /// change of the row clears it, so `locked_by` alone says the lease is still
@@ -212,10 +224,16 @@ pub const RECORD_OUTCOME: &str = "
            escalated_at = CASE WHEN e.escalating AND $3::text = 'sent' THEN now()
                                ELSE e.escalated_at END,
            escalating = e.escalating AND $3::text <> 'sent',
-           escalate_at = CASE WHEN $3::text = 'sent' AND NOT e.escalating AND $11::bigint IS NOT NULL
+           escalate_at = CASE WHEN ($3::text = 'sent' OR cardinality($4::text[]) > 0)
+                                   AND NOT e.escalating AND $11::bigint IS NOT NULL
                                    AND e.escalate_at IS NULL
                               THEN now() + make_interval(secs => $11::bigint / 1000.0)
                               ELSE e.escalate_at END,
+           held = CASE WHEN NOT e.escalating THEN $12::jsonb
+                       WHEN $3::text = 'sent' AND e.held <> '{}' THEN
+                            (SELECT jsonb_object_agg(h.key, h.value || jsonb_build_object('dropped', 'escalated'))
+                               FROM jsonb_each(e.held) AS h)
+                       ELSE e.held END,
            updated_at = now()
      WHERE e.id = ANY($2::bigint[]) AND e.locked_by = $1::text";
 
@@ -281,6 +299,11 @@ pub async fn claim(
             refused_by: r.get(6),
             created_at: r.get(7),
             escalating: r.get(8),
+            settled: match r.get::<_, Option<&str>>(9) {
+                Some("acknowledged") => Some("acknowledged"),
+                Some(_) => Some("escalated"),
+                None => None,
+            },
         })
         .collect();
     alerts.sort_by_key(|a| a.id);
@@ -374,6 +397,7 @@ pub async fn complete(pool: &Pool, worker: &str, outcomes: &[Outcome]) -> anyhow
                     &o.uncounted,
                     &o.channels,
                     &o.escalate_in_ms,
+                    &o.held,
                 ],
             )
             .await
@@ -407,8 +431,9 @@ pub async fn next_due(pool: &Pool, tables: &[String]) -> anyhow::Result<Option<D
     Ok(row.get(0))
 }
 
-/// Puts back in line, for their escalation group, the sent alerts whose
-/// escalation moment passed unacknowledged; how many.
+/// Puts back in line, for their escalation group, the alerts whose
+/// escalation moment passed unacknowledged (sent, or sent but to those in
+/// quiet hours); how many.
 pub async fn escalate_due(pool: &Pool) -> anyhow::Result<u64> {
     let client = db::client(pool).await?;
     client
@@ -417,7 +442,8 @@ pub async fn escalate_due(pool: &Pool) -> anyhow::Result<u64> {
                 SET status = 'pending', escalating = true, attempts = 0, next_attempt_at = now(),
                     updated_at = now()
               WHERE escalate_at <= now() AND escalate_at IS NOT NULL AND escalated_at IS NULL
-                AND NOT escalating AND status = 'sent' AND acknowledged_at IS NULL",
+                AND NOT escalating AND acknowledged_at IS NULL
+                AND (status = 'sent' OR (status = 'pending' AND held <> '{}'))",
             &[],
         )
         .await
@@ -431,12 +457,27 @@ pub async fn next_escalation(pool: &Pool) -> anyhow::Result<Option<DateTime<Utc>
         .query_one(
             "SELECT min(escalate_at) FROM email_sent_log
               WHERE escalate_at IS NOT NULL AND escalated_at IS NULL
-                AND NOT escalating AND status = 'sent' AND acknowledged_at IS NULL",
+                AND NOT escalating AND acknowledged_at IS NULL
+                AND (status = 'sent' OR (status = 'pending' AND held <> '{}'))",
             &[],
         )
         .await
         .context("Failed to look up the next escalation")?;
     Ok(row.get(0))
+}
+
+/// Alerts waiting for destinations in quiet hours fall due now, to be
+/// looked at again (a schedule or the clock changed); how many.
+pub async fn recheck_holds(pool: &Pool) -> anyhow::Result<u64> {
+    let client = db::client(pool).await?;
+    client
+        .execute(
+            "UPDATE email_sent_log SET next_attempt_at = now()
+              WHERE status = 'pending' AND next_attempt_at > now() AND held <> '{}'",
+            &[],
+        )
+        .await
+        .context("Failed to look again at alerts held for quiet hours")
 }
 
 /// What acknowledging found.
@@ -451,13 +492,16 @@ pub enum Acknowledged {
     Missing,
 }
 
-/// Marks an alert acknowledged by `by`, once.
+/// Marks an alert acknowledged by `by`, once. One waiting for destinations
+/// in quiet hours falls due at once, so that they are dropped now.
 pub async fn acknowledge(pool: &Pool, id: i64, by: &str) -> anyhow::Result<Acknowledged> {
     let client = db::client(pool).await?;
     let done = client
         .execute(
             "UPDATE email_sent_log SET acknowledged_at = now(), acknowledged_by = $2,
                     escalate_at = CASE WHEN escalated_at IS NULL THEN NULL ELSE escalate_at END,
+                    next_attempt_at = CASE WHEN status = 'pending' AND held <> '{}' THEN now()
+                                           ELSE next_attempt_at END,
                     updated_at = now()
               WHERE id = $1 AND acknowledged_at IS NULL",
             &[&id, &by],
@@ -502,7 +546,7 @@ pub async fn resend(pool: &Pool, id: i64) -> anyhow::Result<Resend> {
             "UPDATE email_sent_log
                 SET status = 'pending', attempts = 0, next_attempt_at = now(),
                     delivered_to = '{}', failed_recipients = '{}', error_message = NULL,
-                    channel_outcomes = '{}', silenced_by = NULL, updated_at = now()
+                    channel_outcomes = '{}', silenced_by = NULL, held = '{}', updated_at = now()
               WHERE id = $1 AND status IN ('failed', 'suppressed', 'silenced')",
             &[&id],
         )

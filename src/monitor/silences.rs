@@ -140,6 +140,7 @@ mod tests {
             refused_by: vec![],
             created_at: Utc::now(),
             escalating: false,
+            settled: None,
         }
     }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use super::outbox::ClaimedAlert;
+use super::schedule::Schedule;
 use super::settings::Switches;
 use super::silences::{Condition, Route, Silence};
 use crate::channels::{BlockTemplate, ChannelKind};
@@ -102,6 +103,8 @@ pub struct Recipient {
     pub name: Option<String>,
     /// Which of the table's alerts it takes.
     pub route: Route,
+    /// When it takes them (`None`: at any time).
+    pub schedule: Option<Arc<Schedule>>,
 }
 
 /// The active SMTP configuration as the worker can use it: the one place that
@@ -189,6 +192,8 @@ pub struct Channel {
     pub bot: String,
     /// Which of the table's alerts it takes.
     pub route: Route,
+    /// When it takes them (`None`: at any time).
+    pub schedule: Option<Arc<Schedule>>,
 }
 
 impl Channel {
@@ -218,7 +223,8 @@ pub struct Escalation {
 
 /// The `notification_channels` columns [`open_channel`] reads.
 const CHANNEL_COLUMNS: &str =
-    "id, table_name, kind, name, webhook_url_encrypted, secret_encrypted, bot, verdicts, conditions";
+    "id, table_name, kind, name, webhook_url_encrypted, secret_encrypted, bot, verdicts, conditions,
+     schedule";
 
 /// A channel row (selected with [`CHANNEL_COLUMNS`]), its URL and secret
 /// opened.
@@ -239,7 +245,20 @@ fn open_channel(r: &tokio_postgres::Row, secrets: Option<&SecretBox>) -> Result<
         secret: r.get::<_, Option<&str>>(5).map(open).transpose()?,
         bot: r.get(6),
         route: Route::from_columns(r.get(7), r.get(8)),
+        schedule: read_schedule(r.get(9)),
     })
+}
+
+/// A stored schedule; one that cannot be read takes alerts at any time.
+fn read_schedule(stored: Option<serde_json::Value>) -> Option<Arc<Schedule>> {
+    let stored = stored?;
+    match Schedule::from_json(stored) {
+        Some(s) => Some(Arc::new(s)),
+        None => {
+            tracing::error!("stored schedule unusable; alerts go at any time");
+            None
+        }
+    }
 }
 
 /// One channel, active or not, ready to send with (for a test message);
@@ -341,6 +360,28 @@ impl Snapshot {
         to
     }
 
+    /// Every destination's schedule, by table, in a stable order (to tell
+    /// whether one changed).
+    pub fn schedules(&self) -> Vec<(&str, String, &Schedule)> {
+        let mut all: Vec<(&str, String, &Schedule)> = Vec::new();
+        for (table, recipients) in &self.recipients {
+            for r in recipients {
+                if let Some(s) = &r.schedule {
+                    all.push((table, r.email.to_lowercase(), s));
+                }
+            }
+        }
+        for (table, channels) in &self.channels {
+            for c in channels {
+                if let Some(s) = &c.schedule {
+                    all.push((table, c.destination(), s));
+                }
+            }
+        }
+        all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        all
+    }
+
     pub fn table(&self, name: &str) -> Option<&WatchedTable> {
         self.tables.iter().find(|t| t.name == name)
     }
@@ -412,8 +453,8 @@ impl Snapshot {
         let mut recipients: HashMap<String, Vec<Recipient>> = HashMap::new();
         for r in tx
             .query(
-                "SELECT table_name, email, name, verdicts, conditions FROM recipients_config
-                  WHERE is_active ORDER BY id",
+                "SELECT table_name, email, name, verdicts, conditions, schedule
+                   FROM recipients_config WHERE is_active ORDER BY id",
                 &[],
             )
             .await
@@ -423,6 +464,7 @@ impl Snapshot {
                 email: r.get(1),
                 name: r.get(2),
                 route: Route::from_columns(r.get(3), r.get(4)),
+                schedule: read_schedule(r.get(5)),
             });
         }
         let mut channels: HashMap<String, Vec<Channel>> = HashMap::new();
@@ -462,6 +504,7 @@ impl Snapshot {
                             email,
                             name: None,
                             route: Route::default(),
+                            schedule: None,
                         })
                         .collect(),
                     after: Duration::from_secs(60 * r.get::<_, i32>(2).max(1) as u64),

@@ -379,6 +379,7 @@ async fn recipients_are_validated_unique_and_batched_all_or_nothing() {
         is_active: None,
         verdicts: Vec::new(),
         conditions: Vec::new(),
+        schedule: None,
     };
 
     let one = api
@@ -630,6 +631,7 @@ async fn tables_are_watched_and_unwatched_through_the_api() {
         is_active: None,
         verdicts: Vec::new(),
         conditions: Vec::new(),
+        schedule: None,
     })
     .await
     .unwrap();
@@ -791,6 +793,7 @@ async fn every_remaining_endpoint_answers_its_success_path() {
             is_active: None,
             verdicts: Vec::new(),
             conditions: Vec::new(),
+            schedule: None,
         })
         .await
         .unwrap()

@@ -18,6 +18,7 @@ mod old_api;
 mod outage;
 mod pipeline;
 mod python_client;
+mod quiet_hours;
 mod routes;
 mod settings;
 mod silences;

@@ -676,7 +676,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
     let refused = serde_json::json!({});
     let delivered = vec!["oncall@example.com"];
     let none: Option<i64> = None;
-    let outcome: [Param; 11] = [
+    let outcome: [Param; 12] = [
         &"tester",
         &ids,
         &"sent",
@@ -688,6 +688,7 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         &false,
         &refused,
         &none,
+        &refused,
     ];
     let nodes = plan_nodes(&delivery, statements::RECORD_OUTCOME, &outcome).await;
     let text = serde_json::Value::Array(nodes).to_string();
@@ -761,6 +762,7 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
         uncounted: false,
         channels: serde_json::json!({}),
         escalate_in_ms: None,
+        held: serde_json::json!({}),
     };
 
     let late = [outcome(AlertStatus::Sent, "late@example.com")];
