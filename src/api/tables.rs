@@ -134,6 +134,8 @@ pub(super) const AUDIT: &[Audit] = &[
     Audit::new("escalation_get", "查询升级规则"),
     Audit::new("escalation_set", "设置升级规则").masks(EscalationInput::MASKS),
     Audit::new("escalation_remove", "删除升级规则"),
+    Audit::new("resolution_notice_get", "查询解除通知"),
+    Audit::new("resolution_notice_set", "设置解除通知"),
 ];
 
 /// Whom to tell when one of the table's alerts was sent and nobody
@@ -157,6 +159,35 @@ pub struct EscalationInput {
 
 impl Masked for EscalationInput {
     const MASKS: &'static [(&'static str, Strategy)] = &[("emails", Strategy::Email)];
+}
+
+/// Whether those who got a table's `不确定` alert are told when the row is
+/// re-reviewed to a verdict that does not alert.
+#[derive(Object)]
+pub struct ResolutionNotice {
+    pub table_name: String,
+    pub enabled: bool,
+}
+
+/// Resolution notices on or off.
+#[derive(Object)]
+pub struct ResolutionNoticeInput {
+    pub enabled: bool,
+}
+
+async fn resolution_notice(state: &AppState, table: &str) -> ApiResult<ResolutionNotice> {
+    let client = state.pool.get().await?;
+    client
+        .query_opt(
+            "SELECT table_name, resolution_notice FROM watched_tables WHERE table_name = $1",
+            &[&table],
+        )
+        .await?
+        .map(|r| ResolutionNotice {
+            table_name: r.get(0),
+            enabled: r.get(1),
+        })
+        .ok_or_else(|| not_found(table))
 }
 
 async fn escalation(state: &AppState, table: &str) -> ApiResult<Escalation> {
@@ -402,5 +433,44 @@ impl TablesApi {
             )));
         }
         Ok(Json(Deleted::rows(deleted)))
+    }
+
+    /// Whether a table's cleared uncertain alerts are followed by a notice
+    ///
+    /// Requires any role (viewer, operator, auditor, admin).
+    #[oai(
+        path = "/api/config/tables/:table_name/resolution-notice",
+        method = "get",
+        operation_id = "resolution_notice_get"
+    )]
+    async fn resolution_notice_get(
+        &self,
+        state: Data<&AppState>,
+        _auth: ViewerAuth,
+        table_name: Path<String>,
+    ) -> ApiResult<Json<ResolutionNotice>> {
+        resolution_notice(&state, &table_name.0).await.map(Json)
+    }
+
+    /// Turn resolution notices on or off: when a row left 不确定 is re-reviewed to a verdict that does not alert, those who got its alert are told it was cleared
+    ///
+    /// Requires the operator or admin role. Nothing is sent when the row
+    /// goes to an alerting verdict (that alerts anyway). Off by default.
+    #[oai(
+        path = "/api/config/tables/:table_name/resolution-notice",
+        method = "put",
+        operation_id = "resolution_notice_set"
+    )]
+    async fn resolution_notice_set(
+        &self,
+        state: Data<&AppState>,
+        _auth: OperatorAuth,
+        table_name: Path<String>,
+        body: Json<ResolutionNoticeInput>,
+    ) -> ApiResult<Json<ResolutionNotice>> {
+        if !monitor::set_resolution_notice(&state.pool, &table_name.0, body.enabled).await? {
+            return Err(not_found(&table_name.0));
+        }
+        resolution_notice(&state, &table_name.0).await.map(Json)
     }
 }

@@ -509,6 +509,7 @@ impl TemplatesApi {
                 alerts: &[alert],
                 console_url: None,
                 block: Some(&block),
+                notice: false,
             },
             chrono::Utc::now(),
         );

@@ -230,6 +230,9 @@ pub struct Message<'a> {
     pub alerts: &'a [AlertLine],
     pub console_url: Option<&'a str>,
     pub block: Option<&'a BlockTemplate>,
+    /// Resolution notices (rows whose uncertain alert was cleared), not
+    /// alerts: their own title and block.
+    pub notice: bool,
 }
 
 /// Builds the message for `alerts` of the watched table `table` (a digest
@@ -256,21 +259,37 @@ pub fn build(
         alerts,
         console_url,
         block,
+        notice,
     } = *message;
-    let block = block.unwrap_or_else(|| BlockTemplate::builtin(kind));
+    let block = match (notice, block) {
+        (true, _) => BlockTemplate::notice(),
+        (false, Some(block)) => block,
+        (false, None) => BlockTemplate::builtin(kind),
+    };
     let n = alerts.len();
     let link = console_url.map(|base| {
         let query = serde_urlencoded::to_string([("table", table)]).unwrap_or_default();
         format!("{}/alerts?{query}", base.trim_end_matches('/'))
     });
-    let title = format!("【内容审核告警】{} {n} 条", clean(table, VALUE_CHARS));
-    let red = alerts.iter().any(|a| a.verdict == "不合格");
+    let title = if notice {
+        format!("【告警已解除】{} {n} 条", clean(table, VALUE_CHARS))
+    } else {
+        format!("【内容审核告警】{} {n} 条", clean(table, VALUE_CHARS))
+    };
+    let colour = match (notice, alerts.iter().any(|a| a.verdict == "不合格")) {
+        (true, _) => "green",
+        (false, true) => "red",
+        (false, false) => "orange",
+    };
     let signature = feishu_sign(kind, secret, now);
     // The body listing `pieces` and counting the alerts after them.
     let render = |pieces: &[Value]| -> Value {
         let counted = n - pieces.len();
         if kind == ChannelKind::Webhook {
             let mut body = json!({"table": table, "count": n, "alerts": pieces});
+            if notice {
+                body["resolved"] = true.into();
+            }
             if let Some(link) = &link {
                 body["console_url"] = link.as_str().into();
             }
@@ -294,8 +313,7 @@ pub fn build(
         if !footer.is_empty() {
             blocks.push(&footer);
         }
-        let template = if red { "red" } else { "orange" };
-        bot_body(kind, &title, &blocks, template, signature.clone())
+        bot_body(kind, &title, &blocks, colour, signature.clone())
     };
     let max = kind.max_bytes();
     let fits = |pieces: &[Value]| match (kind, render(pieces)) {
@@ -398,6 +416,7 @@ mod tests {
                 alerts,
                 console_url: console,
                 block: None,
+                notice: false,
             },
             now,
         );
@@ -419,6 +438,38 @@ mod tests {
         assert!(content.contains("<font color=\"comment\">不确定</font>"));
         assert!(content.contains("时间：2024-05-02 00:30:00"));
         assert_eq!(request.url, URL);
+    }
+
+    #[test]
+    fn a_resolution_notice_has_its_own_title_colour_and_block() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let alerts = [alert(7, "合格", 2, "x")];
+        let notice = |kind| {
+            let request = build(
+                kind,
+                URL,
+                SECRET,
+                &Message {
+                    table: "posts",
+                    alerts: &alerts,
+                    console_url: None,
+                    block: None,
+                    notice: true,
+                },
+                now,
+            );
+            serde_json::from_slice::<Value>(&request.body).unwrap()
+        };
+        let body = notice(ChannelKind::DingTalk);
+        assert_eq!(body["markdown"]["title"], "【告警已解除】posts 1 条");
+        let text = body["markdown"]["text"].as_str().unwrap();
+        assert!(
+            text.contains("**已解除** 记录 rec-7：不确定 → 合格（告警编号 7）"),
+            "{text}"
+        );
+        let body = notice(ChannelKind::Feishu);
+        assert_eq!(body["card"]["header"]["template"], "green");
+        assert_eq!(notice(ChannelKind::Webhook)["resolved"], true);
     }
 
     #[test]

@@ -76,6 +76,16 @@ impl BlockTemplate {
         BUILTIN[i].get_or_init(|| Self::new(source).expect("the built-in blocks render"))
     }
 
+    /// The block of a resolution notice, the same for every kind.
+    pub fn notice() -> &'static Self {
+        use std::sync::OnceLock;
+        static NOTICE: OnceLock<BlockTemplate> = OnceLock::new();
+        NOTICE.get_or_init(|| {
+            Self::new("**已解除** 记录 {{record_id}}：不确定 → {{verdict}}（告警编号 {{id}}）")
+                .expect("the notice block renders")
+        })
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

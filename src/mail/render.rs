@@ -181,6 +181,37 @@ impl Renderer {
     }
 }
 
+/// The short mail telling those who got an uncertain alert that its row was
+/// re-reviewed to a verdict that does not alert (`records` carry the new
+/// verdicts).
+pub fn notice(table: &str, records: &[AlertRecord]) -> RenderedMail {
+    use handlebars::html_escape as esc;
+    let intro = "以下记录此前的「不确定」告警已解除，复核后的结论不再告警：";
+    let text: Vec<String> = records
+        .iter()
+        .map(|r| format!("记录 {}：不确定 → {}", r.record_id, r.verdict))
+        .collect();
+    let html: String = records
+        .iter()
+        .map(|r| {
+            format!(
+                "<li>记录 <b>{}</b>：不确定 → <span style=\"color:#188038\">{}</span></li>",
+                esc(&r.record_id),
+                esc(&r.verdict)
+            )
+        })
+        .collect();
+    let subject = format!("【告警已解除】{table} {} 条记录复核通过", records.len());
+    RenderedMail {
+        subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
+        html: format!(
+            "<html><body><p>{intro}</p><ul>{html}</ul><p>表：{}</p></body></html>",
+            esc(table)
+        ),
+        text: format!("{intro}\n\n{}\n\n表：{table}\n", text.join("\n")),
+    }
+}
+
 fn record_context(r: &AlertRecord) -> RecordContext<'_> {
     let column = |names: &[&str]| {
         let row = r.row.as_ref()?;

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::outbox::ClaimedAlert;
 use super::snapshot::{Channel, Snapshot};
 use crate::ack::AckLinks;
-use crate::channels::{self, AlertLine, Answer, BlockTemplate, FailureClass};
+use crate::channels::{self, AlertLine, Answer, FailureClass};
 use crate::db;
 
 /// What one channel did with the alerts of a batch it was given.
@@ -36,21 +36,24 @@ pub enum ChannelResult {
     },
 }
 
-/// Sends each channel of the batch's tables one message with the alerts it
-/// does not have yet; results by channel id. A channel outside its schedule
-/// at `schedule_now` gets nothing (see `digest::send_digest`), nor does one
-/// for an escalation (that goes to the escalation group).
+/// Sends each channel of the batch's tables one message with the alerts
+/// routed to it (`routed`, by alert id) it does not have yet, and one with
+/// the resolution notices; results by (channel id, notices). A channel
+/// outside its schedule at `schedule_now` gets nothing (see
+/// `digest::send_digest`), nor does one for an escalation (that goes to the
+/// escalation group).
 #[allow(clippy::too_many_arguments)]
 pub async fn send_all(
     pool: &Pool,
     client: &reqwest::Client,
     claimed: &[ClaimedAlert],
     rows: &HashMap<&str, HashMap<String, Map<String, Value>>>,
+    routed: &HashMap<i64, Vec<String>>,
     snapshot: &Snapshot,
     console_url: Option<&str>,
     ack: Option<&AckLinks>,
     schedule_now: DateTime<Utc>,
-) -> HashMap<i32, ChannelResult> {
+) -> HashMap<(i32, bool), ChannelResult> {
     let now = Utc::now();
     let mut sends = Vec::new();
     for (table, channels) in &snapshot.channels {
@@ -62,20 +65,24 @@ pub async fn send_all(
             {
                 continue;
             }
-            let destination = channel.destination();
             let rows = rows.get(table.as_str());
-            let alerts: Vec<&ClaimedAlert> = claimed
-                .iter()
-                .filter(|a| {
-                    &a.table_name == table
-                        && !a.escalating
-                        && !a.is_done(&destination)
-                        && channel
-                            .route
-                            .takes(&a.verdict, rows.and_then(|r| r.get(&a.record_id)))
-                })
-                .collect();
-            if !alerts.is_empty() {
+            for notice in [false, true] {
+                let destination = channel.destination();
+                let alerts: Vec<&ClaimedAlert> = claimed
+                    .iter()
+                    .filter(|a| {
+                        &a.table_name == table
+                            && a.notice == notice
+                            && !a.escalating
+                            && !a.is_done(&destination)
+                            && routed
+                                .get(&a.id)
+                                .is_some_and(|to| to.contains(&destination))
+                    })
+                    .collect();
+                if alerts.is_empty() {
+                    continue;
+                }
                 sends.push(async move {
                     let lines: Vec<AlertLine> = alerts
                         .iter()
@@ -86,16 +93,24 @@ pub async fn send_all(
                             alerted_at: a.created_at,
                             row: rows.and_then(|r| r.get(&a.record_id)).cloned(),
                             // Acknowledged by the channel the message went to.
-                            ack_url: ack.map(|l| l.link(a.id, &destination, now)),
+                            ack_url: ack
+                                .filter(|_| !notice)
+                                .map(|l| l.link(a.id, &destination, now)),
                         })
                         .collect();
                     let block = snapshot
                         .channel_templates
                         .get(&(table.clone(), channel.kind))
                         .map(|t| &**t);
-                    let result =
-                        send_one(pool, client, table, channel, &lines, console_url, block).await;
-                    (channel.id, result)
+                    let message = channels::Message {
+                        table,
+                        alerts: &lines,
+                        console_url,
+                        block,
+                        notice,
+                    };
+                    let result = send_one(pool, client, channel, &message).await;
+                    ((channel.id, notice), result)
                 });
             }
         }
@@ -106,12 +121,10 @@ pub async fn send_all(
 async fn send_one(
     pool: &Pool,
     client: &reqwest::Client,
-    table: &str,
     channel: &Channel,
-    alerts: &[AlertLine],
-    console_url: Option<&str>,
-    block: Option<&BlockTemplate>,
+    message: &channels::Message<'_>,
 ) -> ChannelResult {
+    let table = message.table;
     match take_send(pool, channel).await {
         Ok(None) => {}
         Ok(Some(until)) => return ChannelResult::Waiting { until },
@@ -127,12 +140,7 @@ async fn send_one(
         channel.kind,
         &channel.url,
         channel.secret.as_deref(),
-        &channels::Message {
-            table,
-            alerts,
-            console_url,
-            block,
-        },
+        message,
         Utc::now(),
     );
     match channels::send(client, channel.kind, &request).await {

@@ -76,7 +76,7 @@ impl Worker {
             })
             .collect();
         let held_count = held.len();
-        let claimed = if held.is_empty() {
+        let mut claimed = if held.is_empty() {
             claimed
         } else {
             outbox::silence(pool, &self.0.id, &held).await?;
@@ -89,6 +89,50 @@ impl Worker {
         if claimed.is_empty() {
             return Ok(held_count);
         }
+        // Resolution notices go to those who got the alert they clear.
+        for a in &mut claimed {
+            a.notice = snapshot
+                .table(&a.table_name)
+                .is_some_and(|t| !t.verdicts.contains(&a.verdict));
+        }
+        let notices: Vec<&outbox::ClaimedAlert> = claimed.iter().filter(|a| a.notice).collect();
+        let told = if notices.is_empty() {
+            HashMap::new()
+        } else {
+            outbox::told_of(pool, &notices).await?
+        };
+        let mut routed: HashMap<i64, Vec<String>> = claimed
+            .iter()
+            .map(|a| {
+                let to = if a.notice {
+                    let mut to: Vec<String> = told
+                        .get(&a.id)
+                        .into_iter()
+                        .flatten()
+                        .map(|d| d.to_lowercase())
+                        .collect();
+                    to.sort();
+                    to
+                } else {
+                    snapshot.routed(a, row_of(a))
+                };
+                (a.id, to)
+            })
+            .collect();
+        // A notice for an alert nobody got tells nobody: recorded, not sent.
+        let nobody: Vec<i64> = claimed
+            .iter()
+            .filter(|a| a.notice && routed[&a.id].is_empty())
+            .map(|a| a.id)
+            .collect();
+        if !nobody.is_empty() {
+            outbox::unclaim(pool, &self.0.id, &nobody, true).await?;
+            claimed.retain(|a| !nobody.contains(&a.id));
+            routed.retain(|id, _| !nobody.contains(id));
+            if claimed.is_empty() {
+                return Ok(held_count + nobody.len());
+            }
+        }
         // Each channel gets one message for the batch, while the mail goes;
         // schedules are read once for the batch.
         let clock = self.0.clock.read();
@@ -97,6 +141,7 @@ impl Worker {
             &self.0.chat,
             &claimed,
             &rows,
+            &routed,
             &snapshot,
             self.0.console_url.as_deref(),
             self.0.ack.as_ref(),
@@ -105,10 +150,6 @@ impl Worker {
         .await;
         self.0.status.note_chat(&snapshot, &chat);
         let empty = HashMap::new();
-        let routed: HashMap<i64, Vec<String>> = claimed
-            .iter()
-            .map(|a| (a.id, snapshot.routed(a, row_of(a))))
-            .collect();
         let digests = digest::group(&claimed, switches.digest_max_records, &routed);
         let mut outcomes = join_all(digests.iter().map(|d| {
             let rows = rows.get(d.table).unwrap_or(&empty);
@@ -129,7 +170,7 @@ impl Worker {
         }))
         .await;
         for (o, d) in outcomes.iter_mut().zip(&digests) {
-            if !d.escalating {
+            if !d.escalating && !d.notice {
                 o.escalate_in_ms = snapshot
                     .escalations
                     .get(d.table)

@@ -35,6 +35,8 @@ pub struct Digest<'a> {
     pub escalating: bool,
     /// Acknowledged or escalated already (see [`ClaimedAlert::settled`]).
     pub settled: Option<&'static str>,
+    /// Resolution notices, not alerts.
+    pub notice: bool,
 }
 
 /// Splits a claimed batch into digests: one table, one set of earlier
@@ -51,6 +53,7 @@ pub fn group<'a>(
         Vec<String>,
         Vec<String>,
         Option<&'static str>,
+        bool,
     );
     let mut by_key: BTreeMap<Key<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
@@ -58,24 +61,34 @@ pub fn group<'a>(
         done.sort();
         let to = routed.get(&a.id).cloned().unwrap_or_default();
         by_key
-            .entry((a.table_name.as_str(), a.escalating, done, to, a.settled))
+            .entry((
+                a.table_name.as_str(),
+                a.escalating,
+                done,
+                to,
+                a.settled,
+                a.notice,
+            ))
             .or_default()
             .push(a);
     }
     by_key
         .into_iter()
-        .flat_map(|((table, escalating, _, routed, settled), alerts)| {
-            alerts
-                .chunks(max_records.max(1))
-                .map(|chunk| Digest {
-                    table,
-                    alerts: chunk.to_vec(),
-                    routed: routed.clone(),
-                    escalating,
-                    settled,
-                })
-                .collect::<Vec<_>>()
-        })
+        .flat_map(
+            |((table, escalating, _, routed, settled, notice), alerts)| {
+                alerts
+                    .chunks(max_records.max(1))
+                    .map(|chunk| Digest {
+                        table,
+                        alerts: chunk.to_vec(),
+                        routed: routed.clone(),
+                        escalating,
+                        settled,
+                        notice,
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
         .collect()
 }
 
@@ -91,7 +104,7 @@ pub async fn send_digest(
     snapshot: &Snapshot,
     mailer: Option<&Mailer>,
     renderer: &Renderer,
-    chat: &HashMap<i32, ChannelResult>,
+    chat: &HashMap<(i32, bool), ChannelResult>,
     ack: Option<&AckLinks>,
     clock: &Reading,
 ) -> Outcome {
@@ -133,7 +146,7 @@ pub async fn send_digest(
         if outcome.hold(&destination, channel.schedule.as_deref(), digest, clock) {
             continue;
         }
-        let Some(result) = chat.get(&channel.id) else {
+        let Some(result) = chat.get(&(channel.id, digest.notice)) else {
             continue;
         };
         outcome
@@ -191,6 +204,12 @@ pub async fn send_digest(
                         ack_url: ack.zip(to).map(|(l, to)| l.link(a.id, to, now)),
                     })
                     .collect();
+                if digest.notice {
+                    return Ok(Bodies::encode(crate::mail::render::notice(
+                        digest.table,
+                        &records,
+                    )));
+                }
                 renderer.render(digest.table, &records).map(|mut mail| {
                     if digest.escalating {
                         mail.subject = format!("【升级·无人确认】{}", mail.subject);
@@ -199,7 +218,7 @@ pub async fn send_digest(
                 })
             };
             let started = std::time::Instant::now();
-            let bodies: Result<Vec<Bodies>, _> = match ack {
+            let bodies: Result<Vec<Bodies>, _> = match ack.filter(|_| !digest.notice) {
                 None => render(None).map(|b| vec![b]),
                 Some(_) => targets.iter().map(|r| render(Some(&r.email))).collect(),
             };
@@ -437,6 +456,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             escalating: false,
             settled: None,
+            notice: false,
         }
     }
 

@@ -47,7 +47,10 @@ pub use snapshot::{
 };
 pub use status::MonitorStatus;
 pub use sweeper::{sweep, SweepReport};
-pub use tables::{fetch_rows, unwatch, watch, WatchError, WatchRequest, Watched, DEFAULT_VERDICTS};
+pub use tables::{
+    fetch_rows, set_resolution_notice, unwatch, watch, WatchError, WatchRequest, Watched,
+    DEFAULT_VERDICTS, UNCERTAIN,
+};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

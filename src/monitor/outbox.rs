@@ -81,6 +81,9 @@ pub struct ClaimedAlert {
     /// Acknowledged (`"acknowledged"`) or escalated (`"escalated"`) already:
     /// what quiet hours held back for it no longer goes.
     pub settled: Option<&'static str>,
+    /// A resolution notice: its verdict is one its table does not alert on,
+    /// reported when the row left `不确定` (set by delivery).
+    pub notice: bool,
 }
 
 impl ClaimedAlert {
@@ -304,6 +307,7 @@ pub async fn claim(
                 Some(_) => Some("escalated"),
                 None => None,
             },
+            notice: false,
         })
         .collect();
     alerts.sort_by_key(|a| a.id);
@@ -478,6 +482,29 @@ pub async fn recheck_holds(pool: &Pool) -> anyhow::Result<u64> {
         )
         .await
         .context("Failed to look again at alerts held for quiet hours")
+}
+
+/// Who got the uncertain alert each resolution notice clears: notice id →
+/// the alert's `delivered_to`.
+pub async fn told_of(
+    pool: &Pool,
+    notices: &[&ClaimedAlert],
+) -> anyhow::Result<HashMap<i64, Vec<String>>> {
+    let ids: Vec<i64> = notices.iter().map(|a| a.id).collect();
+    let tables: Vec<&str> = notices.iter().map(|a| a.table_name.as_str()).collect();
+    let records: Vec<&str> = notices.iter().map(|a| a.record_id.as_str()).collect();
+    let client = db::client(pool).await?;
+    let rows = client
+        .query(
+            "SELECT n.id, e.delivered_to
+               FROM unnest($1::bigint[], $2::text[], $3::text[]) AS n(id, table_name, record_id)
+               JOIN email_sent_log e ON e.table_name = n.table_name
+                AND e.record_id = n.record_id AND e.verdict = $4",
+            &[&ids, &tables, &records, &super::tables::UNCERTAIN],
+        )
+        .await
+        .context("Failed to read whom the cleared alerts went to")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// What acknowledging found.

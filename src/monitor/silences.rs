@@ -141,6 +141,7 @@ mod tests {
             created_at: Utc::now(),
             escalating: false,
             settled: None,
+            notice: false,
         }
     }
 

@@ -123,18 +123,25 @@ impl MonitorStatus {
         self.chat_messages.clone()
     }
 
-    pub(crate) fn note_chat(&self, snapshot: &Snapshot, results: &HashMap<i32, ChannelResult>) {
+    /// Counts the messages of one batch (alerts and notices, by channel).
+    pub(crate) fn note_chat(
+        &self,
+        snapshot: &Snapshot,
+        results: &HashMap<(i32, bool), ChannelResult>,
+    ) {
         for channels in snapshot.channels.values() {
             for c in channels {
-                let outcome = match results.get(&c.id) {
-                    None => continue,
-                    Some(ChannelResult::Delivered { .. }) => "sent",
-                    Some(ChannelResult::Failed { class, .. }) => class.as_str(),
-                    Some(ChannelResult::Waiting { .. }) => "waited",
-                };
-                self.chat_messages
-                    .get_or_create(&vec![("kind", c.kind.as_str()), ("outcome", outcome)])
-                    .inc();
+                for notice in [false, true] {
+                    let outcome = match results.get(&(c.id, notice)) {
+                        None => continue,
+                        Some(ChannelResult::Delivered { .. }) => "sent",
+                        Some(ChannelResult::Failed { class, .. }) => class.as_str(),
+                        Some(ChannelResult::Waiting { .. }) => "waited",
+                    };
+                    self.chat_messages
+                        .get_or_create(&vec![("kind", c.kind.as_str()), ("outcome", outcome)])
+                        .inc();
+                }
             }
         }
     }

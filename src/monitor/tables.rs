@@ -153,6 +153,14 @@ pub async fn watch(pool: &Pool, req: &WatchRequest) -> Result<Watched, WatchErro
     )
     .await
     .context("Failed to record the watched table")?;
+    // Its resolution notices follow its alerting verdicts.
+    tx.execute(
+        "SELECT audit_alert_install_resolution(relation, verdict_column, alert_verdicts, true)
+           FROM watched_tables WHERE table_name = $1 AND resolution_notice",
+        &[&req.table],
+    )
+    .await
+    .context("Failed to install the resolution trigger")?;
     tx.commit().await.context("Failed to finish watching")?;
     tracing::info!(table = %req.table, existing_flagged, backfill = req.backfill, "watching table");
     Ok(Watched {
@@ -160,6 +168,45 @@ pub async fn watch(pool: &Pool, req: &WatchRequest) -> Result<Watched, WatchErro
         id_type,
         existing_flagged,
     })
+}
+
+/// The verdict whose clearing a resolution notice tells.
+pub const UNCERTAIN: &str = "不确定";
+
+/// Turns a table's resolution notices on or off (installing or removing its
+/// resolution trigger); `false` when the table is not watched.
+pub async fn set_resolution_notice(
+    pool: &Pool,
+    table: &str,
+    enabled: bool,
+) -> anyhow::Result<bool> {
+    let mut client = crate::db::client(pool).await?;
+    let tx = client
+        .transaction()
+        .await
+        .context("Failed to start changing resolution notices")?;
+    let changed = tx
+        .execute(
+            "UPDATE watched_tables SET resolution_notice = $2, updated_at = now()
+              WHERE table_name = $1",
+            &[&table, &enabled],
+        )
+        .await
+        .context("Failed to record resolution notices")?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "SELECT audit_alert_install_resolution(relation, verdict_column, alert_verdicts, $2)
+           FROM watched_tables WHERE table_name = $1",
+        &[&table, &enabled],
+    )
+    .await
+    .context("Failed to install the resolution trigger")?;
+    tx.commit()
+        .await
+        .context("Failed to finish changing resolution notices")?;
+    Ok(true)
 }
 
 /// Stops watching: removes the triggers; alert history stays. `false` when

@@ -12,7 +12,9 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// The service with `SECRET_KEY`, loopback allowed for webhooks, mail to
 /// the on-call address.
-async fn start(smtp: &SmtpServer) -> (TestDb, audit_alert::app::App, tokio_postgres::Client) {
+pub(crate) async fn start(
+    smtp: &SmtpServer,
+) -> (TestDb, audit_alert::app::App, tokio_postgres::Client) {
     let db = TestDb::new().await;
     db.migrate().await;
     configure(&db, smtp.port, ONCALL).await;
@@ -31,7 +33,7 @@ async fn start(smtp: &SmtpServer) -> (TestDb, audit_alert::app::App, tokio_postg
 }
 
 /// Waits until the service holds `n` channels of `audit_results`.
-async fn loaded(app: &audit_alert::app::App, n: usize) {
+pub(crate) async fn loaded(app: &audit_alert::app::App, n: usize) {
     eventually("the channels are loaded", async || {
         let held = app
             .worker()
@@ -45,7 +47,12 @@ async fn loaded(app: &audit_alert::app::App, n: usize) {
 }
 
 /// Adds a channel through the API; its id.
-async fn add(app: &audit_alert::app::App, kind: &str, url: &str, secret: Option<&str>) -> i64 {
+pub(crate) async fn add(
+    app: &audit_alert::app::App,
+    kind: &str,
+    url: &str,
+    secret: Option<&str>,
+) -> i64 {
     let mut body =
         json!({"table_name": "audit_results", "type": kind, "webhook_url": url, "name": kind});
     if let Some(s) = secret {

@@ -19,6 +19,7 @@ mod outage;
 mod pipeline;
 mod python_client;
 mod quiet_hours;
+mod resolution;
 mod routes;
 mod settings;
 mod silences;
