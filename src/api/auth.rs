@@ -16,12 +16,13 @@ use super::{default_page, default_page_size, table_page, ApiTags, AppState, Dele
 use crate::audit_log::Audit;
 use crate::auth::{self, AuthError, Principal, Role};
 
-/// The signed-in user of the operator console, on a request the console
-/// makes to an operation in-process (see `crate::console`). It lives in the
-/// request's extensions, which no HTTP client can set; the console checked
-/// the session (and its token) before putting it there.
+/// Marks a request the operator console makes to an operation in-process
+/// (see `crate::console`), with its signed-in user: `None` while signing in,
+/// when the bearer token is checked as usual. It lives in the request's
+/// extensions, which no HTTP client can set; the console checked the session
+/// (and its token) before putting a user there.
 #[derive(Clone, Debug)]
-pub struct ConsoleCaller(pub Principal);
+pub struct ConsoleCaller(pub Option<Principal>);
 
 /// Verifies the bearer token (or takes the console's caller) and that its
 /// role includes `needed`.
@@ -30,8 +31,8 @@ async fn check(req: &Request, bearer: Bearer, needed: Role) -> poem::Result<Prin
         .data::<AppState>()
         .expect("AppState is attached to every route");
     let principal = match req.data::<ConsoleCaller>() {
-        Some(caller) => caller.0.clone(),
-        None => state
+        Some(ConsoleCaller(Some(principal))) => principal.clone(),
+        _ => state
             .auth
             .verify(&state.pool, &bearer.token, state.worker.generation())
             .await

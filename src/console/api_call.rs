@@ -108,9 +108,10 @@ impl Inner {
         ));
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = Request::from_parts(parts, body.into());
-        if let Caller::Console(principal) = caller {
-            req.set_data(ConsoleCaller(principal.clone()));
-        }
+        req.set_data(ConsoleCaller(match caller {
+            Caller::Console(principal) => Some(principal.clone()),
+            Caller::Bearer(_) => None,
+        }));
         match self.api.call(req).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -148,18 +149,22 @@ impl Inner {
     }
 
     /// A GET for the signed-in user; `Err` is the page saying why it failed.
-    pub async fn get(&self, visit: &Visit, path: &str) -> Result<Value, Response> {
+    pub async fn get(&self, visit: &Visit, path: &str) -> Result<Value, Box<Response>> {
         let reply = self.api(visit, Method::GET, path, None).await;
         self.ok(visit, reply)
     }
 
     /// The reply's JSON when it succeeded, else the page for its failure
     /// (403: the role may not; 404; any other: the API's problem detail).
-    pub fn ok(&self, visit: &Visit, reply: Reply) -> Result<Value, Response> {
+    pub fn ok(&self, visit: &Visit, reply: Reply) -> Result<Value, Box<Response>> {
         if reply.status.is_success() {
             return Ok(reply.json);
         }
-        Err(self.views.problem(visit, reply.status, &reply.detail()))
+        Err(Box::new(self.views.problem(
+            visit,
+            reply.status,
+            &reply.detail(),
+        )))
     }
 }
 

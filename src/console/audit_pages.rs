@@ -45,7 +45,7 @@ impl Inner {
             .await
         {
             Ok(list) => list,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let filters = audit_filters(query);
         let (prev, next) = pager("/console/audit", &filters, &list);
@@ -66,7 +66,7 @@ impl Inner {
             .await
         {
             Ok(entry) => entry,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let data = json!({
             "params": pretty(&entry["request_params"]),
@@ -101,14 +101,15 @@ impl Inner {
     pub(super) async fn tokens(&self, visit: &Visit, issued: Option<Value>) -> Response {
         let list = match self.get(visit, "/api/auth/tokens?page_size=500").await {
             Ok(list) => list,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let data = json!({ "list": list, "issued": issued });
         self.views.page(visit, "tokens", data, StatusCode::OK)
     }
 
     pub(super) async fn create_token(&self, visit: &Visit, form: &Form) -> Response {
-        let mut body = json!({ "operator_id": form.text("operator_id"), "role": form.text("role") });
+        let mut body =
+            json!({ "operator_id": form.text("operator_id"), "role": form.text("role") });
         for field in ["org_id", "expires_in", "description"] {
             if !form.text(field).is_empty() {
                 body[field] = form.text(field).into();
@@ -119,7 +120,7 @@ impl Inner {
             .await;
         match self.ok(visit, reply) {
             Ok(issued) => self.tokens(visit, Some(issued)).await,
-            Err(page) => page,
+            Err(page) => *page,
         }
     }
 
@@ -128,7 +129,7 @@ impl Inner {
         let reply = self.api(visit, Method::DELETE, &path, None).await;
         match self.ok(visit, reply) {
             Ok(_) => view::redirect("/console/tokens"),
-            Err(page) => page,
+            Err(page) => *page,
         }
     }
 }

@@ -36,8 +36,8 @@ pub async fn load(pool: &Pool) -> anyhow::Result<Figures> {
         .get(0);
     let counts = client
         .query(
-            "SELECT status, count(*) FILTER (WHERE created_at > $1 - interval '1 hour'), count(*)
-               FROM email_sent_log WHERE created_at > $1 - interval '1 day' GROUP BY status",
+            "SELECT status, count(*) FILTER (WHERE created_at > $1::timestamptz - interval '1 hour'), count(*)
+               FROM email_sent_log WHERE created_at > $1::timestamptz - interval '1 day' GROUP BY status",
             &[&now],
         )
         .await
@@ -47,9 +47,9 @@ pub async fn load(pool: &Pool) -> anyhow::Result<Figures> {
         .collect();
     let rows = client
         .query(
-            "SELECT table_name, floor(extract(epoch FROM $1 - created_at) / 3600)::int, count(*)
+            "SELECT table_name, floor(extract(epoch FROM $1::timestamptz - created_at) / 3600)::int, count(*)
                FROM email_sent_log
-              WHERE created_at > $1 - interval '24 hours' AND status <> 'baseline'
+              WHERE created_at > $1::timestamptz - interval '24 hours' AND status <> 'baseline'
               GROUP BY 1, 2",
             &[&now],
         )
@@ -89,7 +89,9 @@ pub fn svg(figures: &Figures, lang: Lang) -> String {
          xmlns=\"http://www.w3.org/2000/svg\" font-size=\"11\" font-family=\"sans-serif\">",
         esc(lang.text("chart_title"))
     );
-    for v in [0, max / 2, max] {
+    let mut marks = vec![0, max / 2, max];
+    marks.dedup();
+    for v in marks {
         let _ = write!(
             out,
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\

@@ -21,7 +21,7 @@ fn notice(visit: &Visit, query: &Query) -> Value {
 
 impl Inner {
     /// Every list of the page, as its API lists give them.
-    async fn config_lists(&self, visit: &Visit) -> Result<[Value; 3], Response> {
+    async fn config_lists(&self, visit: &Visit) -> Result<[Value; 3], Box<Response>> {
         let mut lists = [Value::Null, Value::Null, Value::Null];
         for (slot, path) in lists.iter_mut().zip([
             "/api/config/smtp?page_size=500",
@@ -34,10 +34,15 @@ impl Inner {
     }
 
     /// The page; `test` is the answer of a test mail just sent.
-    pub(super) async fn config(&self, visit: &Visit, query: &Query, test: Option<Value>) -> Response {
+    pub(super) async fn config(
+        &self,
+        visit: &Visit,
+        query: &Query,
+        test: Option<Value>,
+    ) -> Response {
         let [smtp, recipients, tables] = match self.config_lists(visit).await {
             Ok(lists) => lists,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let data = json!({
             "smtp": smtp, "recipients": recipients, "tables": tables,
@@ -47,7 +52,8 @@ impl Inner {
     }
 
     pub(super) async fn add_recipient(&self, visit: &Visit, form: &Form) -> Response {
-        let mut body = json!({ "table_name": form.text("table_name"), "email": form.text("email") });
+        let mut body =
+            json!({ "table_name": form.text("table_name"), "email": form.text("email") });
         if !form.text("name").is_empty() {
             body["name"] = form.text("name").into();
         }
@@ -56,7 +62,7 @@ impl Inner {
             .await;
         match self.ok(visit, reply) {
             Ok(_) => view::redirect("/console/config?notice=recipient_added#recipients"),
-            Err(page) => page,
+            Err(page) => *page,
         }
     }
 
@@ -65,7 +71,7 @@ impl Inner {
         let reply = self.api(visit, Method::DELETE, &path, None).await;
         match self.ok(visit, reply) {
             Ok(_) => view::redirect("/console/config?notice=recipient_deleted#recipients"),
-            Err(page) => page,
+            Err(page) => *page,
         }
     }
 
@@ -76,7 +82,7 @@ impl Inner {
         let reply = self.api(visit, Method::POST, &path, Some(&body)).await;
         let answer = match self.ok(visit, reply) {
             Ok(answer) => answer,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let test = json!({
             "server": id, "to": form.text("to"),
@@ -86,20 +92,31 @@ impl Inner {
     }
 
     /// The editor of a table's mail template, with its preview beside it.
-    pub(super) async fn template(&self, visit: &Visit, table: &str, query: Option<&Query>) -> Response {
+    pub(super) async fn template(
+        &self,
+        visit: &Visit,
+        table: &str,
+        query: Option<&Query>,
+    ) -> Response {
         let path = format!("/api/config/tables/{}/template", segment(table));
         let template = match self.get(visit, &path).await {
             Ok(t) => t,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         // Previews are the operator's (the API's role); others see the editor alone.
-        let preview = if visit.session.principal.role.allows(crate::auth::Role::Operator) {
+        let preview = if visit
+            .session
+            .principal
+            .role
+            .allows(crate::auth::Role::Operator)
+        {
             self.preview(visit, table, None).await
         } else {
             Value::Null
         };
         let notice = query.map(|q| notice(visit, q)).unwrap_or(Value::Null);
-        let data = json!({ "table": table, "template": template, "preview": preview, "notice": notice });
+        let data =
+            json!({ "table": table, "template": template, "preview": preview, "notice": notice });
         self.views.page(visit, "template", data, StatusCode::OK)
     }
 
@@ -127,7 +144,12 @@ impl Inner {
 
     /// The preview of the posted template: JSON for the page's script, else
     /// the editor again with the preview.
-    pub(super) async fn preview_template(&self, visit: &Visit, table: &str, form: &Form) -> Response {
+    pub(super) async fn preview_template(
+        &self,
+        visit: &Visit,
+        table: &str,
+        form: &Form,
+    ) -> Response {
         let preview = self.preview(visit, table, Some(form)).await;
         if form.get("format") == Some("json") {
             return Response::builder()

@@ -86,10 +86,16 @@ impl Inner {
         let session = match session::find(&self.state.pool, &req).await {
             Ok(Some(session)) => session,
             Ok(None) if method == Method::GET => return view::redirect("/console/login"),
-            Ok(None) => return self.views.refused(lang, StatusCode::FORBIDDEN, "no_session"),
+            Ok(None) => {
+                return self
+                    .views
+                    .refused(lang, StatusCode::FORBIDDEN, "no_session")
+            }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "console: session look-up failed");
-                return self.views.refused(lang, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+                return self
+                    .views
+                    .refused(lang, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
             }
         };
         let visit = Visit {
@@ -101,12 +107,16 @@ impl Inner {
             let form = view::Form::read(&mut req).await;
             // Every form carries the session's CSRF token; nothing is done without it.
             if !visit.session.csrf_matches(form.get("csrf")) {
-                return self.views.refused(lang, StatusCode::FORBIDDEN, "csrf_refused");
+                return self
+                    .views
+                    .refused(lang, StatusCode::FORBIDDEN, "csrf_refused");
             }
             return self.post(&visit, &segments, form).await;
         }
         if method != Method::GET {
-            return self.views.refused(lang, StatusCode::METHOD_NOT_ALLOWED, "not_found");
+            return self
+                .views
+                .refused(lang, StatusCode::METHOD_NOT_ALLOWED, "not_found");
         }
         let query = view::Query::of(&req);
         match segments.as_slice() {

@@ -42,7 +42,11 @@ pub fn pager(base: &str, filters: &[(&str, String)], list: &Value) -> (Value, Va
         pairs.push(("page", p.to_string()));
         Value::String(with_query(base, &pairs))
     };
-    let prev = if page > 1 { link(page - 1) } else { Value::Null };
+    let prev = if page > 1 {
+        link(page - 1)
+    } else {
+        Value::Null
+    };
     let next = if page * size < total {
         link(page + 1)
     } else {
@@ -60,7 +64,7 @@ impl Inner {
         // The page stands for the status call (audited as such).
         let status = match self.get(visit, "/api/monitor/status").await {
             Ok(s) => s,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let figures = match chart::load(&self.state.pool).await {
             Ok(f) => f,
@@ -105,9 +109,12 @@ impl Inner {
             ("page", query.text("page")),
             ("page_size", "50".to_owned()),
         ];
-        let mut list = match self.get(visit, &with_query("/api/alerts", &api_query)).await {
+        let mut list = match self
+            .get(visit, &with_query("/api/alerts", &api_query))
+            .await
+        {
             Ok(list) => list,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         if let Some(items) = list["items"].as_array_mut() {
             for item in items {
@@ -145,7 +152,7 @@ impl Inner {
             .await
         {
             Ok(alert) => alert,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
         let status = alert["status"].as_str().unwrap_or("").to_owned();
         let row = self.row_of(&alert).await;
@@ -196,7 +203,7 @@ impl Inner {
         let reply = self.api(visit, Method::POST, &path, None).await;
         match self.ok(visit, reply) {
             Ok(_) => view::redirect(&format!("/console/alerts/{}?notice=resent", segment(id))),
-            Err(page) => page,
+            Err(page) => *page,
         }
     }
 }
