@@ -432,10 +432,41 @@ async fn console_every_page_and_form_in_a_browser() {
         .await;
     b.wait_for(&alert_path, ".notice").await;
 
+    // Alerts of two tables, spread over the day (raised now, then dated
+    // back), for the overview's chart.
+    insert_audit_rows(&app.client, 5, "不确定").await;
+    app.client
+        .execute(
+            "INSERT INTO image_audit_results (audit_result, ip_address, reasons)
+             SELECT '不合格', '10.0.0.' || g, '图片违规' FROM generate_series(1, 3) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_for_count_query(&app.client, "SELECT count(*) FROM email_sent_log", 9).await;
+    app.client
+        .execute(
+            "UPDATE email_sent_log SET created_at = created_at - make_interval(hours => (id % 7)::int * 3)
+              WHERE id <> $1",
+            &[&alert],
+        )
+        .await
+        .unwrap();
+
     // Every other page.
     b.walk(&base, "/console/", "#chart polyline", "overview")
         .await;
-    assert!(b.text("#chart").await.contains("audit_results"));
+    assert_eq!(
+        b.client
+            .find_all(Locator::Css("#chart polyline"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let chart = b.text("#chart").await;
+    assert!(chart.contains("audit_results (6)"), "{chart}");
+    assert!(chart.contains("image_audit_results (3)"), "{chart}");
     b.walk(&base, "/console/alerts", "#alerts", "alerts").await;
     assert!(b.text("#alerts").await.contains("audit_results"));
     b.walk(
