@@ -42,6 +42,13 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// The peer's address, for an audit entry the console writes itself.
+    pub fn ip(&self) -> Option<String> {
+        self.remote.as_socket_addr().map(|a| a.ip().to_string())
+    }
+}
+
 /// Who the in-process call is for.
 pub enum Caller<'a> {
     /// A signed-in user.

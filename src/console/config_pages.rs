@@ -110,7 +110,7 @@ impl Inner {
             .role
             .allows(crate::auth::Role::Operator)
         {
-            self.preview(visit, table, None).await
+            self.preview(visit, table, None).await.1
         } else {
             Value::Null
         };
@@ -121,8 +121,13 @@ impl Inner {
     }
 
     /// The API's preview of `form`'s template (the saved one without a form):
-    /// `{subject, html, text}`, or `{error}` saying why not.
-    async fn preview(&self, visit: &Visit, table: &str, form: Option<&Form>) -> Value {
+    /// `{subject, html, text}`, or `{error}` saying why not, with its status.
+    async fn preview(
+        &self,
+        visit: &Visit,
+        table: &str,
+        form: Option<&Form>,
+    ) -> (StatusCode, Value) {
         let path = format!("/api/config/tables/{}/template/preview", segment(table));
         let mut body = json!({});
         if let Some(form) = form {
@@ -136,25 +141,31 @@ impl Inner {
         }
         let reply = self.api(visit, Method::POST, &path, Some(&body)).await;
         if reply.status.is_success() {
-            reply.json
+            (reply.status, reply.json)
         } else {
-            json!({ "error": reply.detail() })
+            (reply.status, json!({ "error": reply.detail() }))
         }
     }
 
     /// The preview of the posted template: JSON for the page's script, else
-    /// the editor again with the preview.
+    /// the editor again with the preview. Previews are the operator's (as in
+    /// the API): anyone else gets 403.
     pub(super) async fn preview_template(
         &self,
         visit: &Visit,
         table: &str,
         form: &Form,
     ) -> Response {
-        let preview = self.preview(visit, table, Some(form)).await;
+        let (status, preview) = self.preview(visit, table, Some(form)).await;
         if form.get("format") == Some("json") {
             return Response::builder()
+                .status(status)
                 .content_type("application/json")
                 .body(preview.to_string());
+        }
+        if matches!(status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) {
+            let detail = preview["error"].as_str().unwrap_or_default().to_owned();
+            return self.views.problem(visit, status, &detail);
         }
         self.editor_again(visit, table, form, preview, None, StatusCode::OK)
     }

@@ -24,6 +24,8 @@ use super::api_call::{Caller, Origin};
 use super::i18n::Lang;
 use super::view::{self, Form};
 use super::{Inner, Visit};
+use crate::audit_log::new_audit_id;
+use crate::audit_log::writer::Entry;
 use crate::auth::{Principal, Role};
 
 /// How long a session lasts (then the operator signs in again).
@@ -214,6 +216,37 @@ impl Inner {
         }
     }
 
+    /// Signing out stands for no API operation: it is recorded here, as the
+    /// acknowledge page records its confirmations. Unlike a change, it is not
+    /// refused when the audit log is full (ending a session is always safe).
+    fn audit_sign_out(&self, visit: &Visit) {
+        let Some(permit) = self.state.audit.reserve() else {
+            tracing::warn!("console: a sign-out could not be audited (the audit queue is full)");
+            return;
+        };
+        let p = &visit.session.principal;
+        permit.send(
+            Entry {
+                audit_id: new_audit_id(),
+                operation_time: chrono::Utc::now(),
+                operation_ip: visit.origin.ip(),
+                operator_id: Some(p.operator_id.clone()),
+                operator_org_id: p.org_id.clone(),
+                role_id: Some(p.role.as_str().to_owned()),
+                request_params: Some(json!({ "via": "console" })),
+                response_result: None,
+                operation_url: "/console/logout".into(),
+                operation_method: "POST".into(),
+                operation_desc: "退出控制台".into(),
+                operation_result: "0",
+                error_msg: None,
+                duration_ms: 0,
+                link: None,
+            }
+            .storable(),
+        );
+    }
+
     /// Ends the session (the cookie is cleared too).
     pub(super) async fn logout(&self, visit: &Visit) -> Response {
         let ended = async {
@@ -233,6 +266,7 @@ impl Inner {
                 .views
                 .refused(visit.lang, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
         }
+        self.audit_sign_out(visit);
         let mut response = view::redirect("/console/login");
         let cleared = set_cookie(SESSION_COOKIE, "", "/console", 0, visit.origin.https);
         view::add_cookie(&mut response, &cleared);

@@ -225,3 +225,36 @@ impl Query {
         Self(serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `t.key` a template uses is in the string table.
+    #[test]
+    fn templates_use_only_known_texts() {
+        let known = i18n::table(Lang::En);
+        for (name, source) in TEMPLATES {
+            for (i, _) in source.match_indices("t.") {
+                let (before, prefix) = (source[..i].chars().last(), &source[..i]);
+                if !matches!(before, Some('{' | ' ')) && !prefix.ends_with("@root.") {
+                    continue;
+                }
+                let key: String = source[i + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(known.contains_key(&key), "{name}: t.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(
+            format_time("2024-05-01T10:00:00+08:00"),
+            "2024-05-01 02:00:00"
+        );
+        assert_eq!(format_time("soon"), "soon");
+    }
+}

@@ -566,6 +566,11 @@ async fn console_roles_see_and_may_do_what_the_api_lets_them() {
     b.wait_for("/console/config", "#recipients").await;
     assert!(!b.has("#add-recipient").await);
     assert!(!b.has("form[action$='/test']").await);
+    b.goto(&format!("{base}/console/config/templates/audit_results"))
+        .await;
+    b.wait_for("/console/config/templates/audit_results", "#template-form")
+        .await;
+    assert!(!b.has("#template-form button").await, "no save or preview");
     b.goto(&format!("{base}/console/audit")).await;
     assert_eq!(b.text(".status").await.split(' ').next(), Some("403"));
     b.sign_out().await;
@@ -601,6 +606,18 @@ async fn console_roles_see_and_may_do_what_the_api_lets_them() {
     let status = "SELECT count(*) FROM email_sent_log WHERE status = 'failed'";
     assert_eq!(count(&app.client, status).await, 1, "still failed");
     assert_eq!(http.get("/console/tokens").await.status(), 403);
+    let template = [
+        ("csrf", csrf.as_str()),
+        ("subject", "s"),
+        ("html", "h"),
+        ("text", "t"),
+    ];
+    for action in ["", "/preview"] {
+        let path = format!("/console/config/templates/audit_results{action}");
+        assert_eq!(http.post(&path, &template).await.status(), 403, "{path}");
+    }
+    let templates = "SELECT count(*) FROM alert_templates";
+    assert_eq!(count(&app.client, templates).await, 0, "no template saved");
 
     // An auditor: the audit log, an entry, the export as CSV.
     b.sign_in(&base, &auditor).await;
@@ -700,6 +717,9 @@ async fn console_session_ends_when_its_token_is_revoked_or_signed_out() {
         303
     );
     assert_eq!(count(&app.client, sessions).await, 0);
+    let signed_out = "SELECT count(*) FROM audit_log WHERE operation_url = '/console/logout'
+                        AND operator_id = 'admin' AND operation_ip = '127.0.0.1'";
+    wait_for_count_query(&app.client, signed_out, 1).await;
     assert_eq!(http.get("/console/").await.status(), 303);
 
     // A wrong token: the sign-in page again, 401.

@@ -4,7 +4,7 @@
 (function () {
   "use strict";
   var form = document.getElementById("template-form");
-  if (!form) return;
+  if (!form || !form.dataset.preview) return;
   var timer;
   function show(id, text) {
     document.getElementById(id).textContent = text;
