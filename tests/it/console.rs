@@ -836,3 +836,80 @@ async fn every_console_form_refuses_a_missing_csrf_token() {
     assert_eq!(login.status(), 403);
     app.app.stop().await;
 }
+
+#[tokio::test]
+async fn console_lists_filter_and_page() {
+    let app = TestApp::start(SmtpServer::start(), ONCALL).await;
+    let base = format!("http://{}", app.app.addr());
+    wait_until_listening(&app.app).await;
+    insert_audit_rows(&app.client, 55, "不合格").await;
+    wait_for_count_query(&app.client, "SELECT count(*) FROM email_sent_log", 55).await;
+    let http = Http::sign_in(&base, ADMIN_TOKEN).await;
+    let rows = |html: &str| html.matches("<a href=\"/console/alerts/").count();
+
+    // Handlebars writes `=` in attributes as `&#x3D;`.
+    let first = http.get("/console/alerts").await.text().await.unwrap();
+    let first = first.replace("&#x3D;", "=");
+    assert_eq!(rows(&first), 50, "a page of 50");
+    assert!(
+        first.contains(r#"href="/console/alerts?page=2""#),
+        "a next page"
+    );
+    let second = http
+        .get("/console/alerts?page=2")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let second = second.replace("&#x3D;", "=");
+    assert_eq!(rows(&second), 5);
+    assert!(
+        second.contains(r#"href="/console/alerts?page=1""#),
+        "a previous page: {}",
+        second.split("class=\"pager\"").nth(1).unwrap_or_default()
+    );
+    // The chat messages' link: `alerts?table=...`.
+    let other = http
+        .get("/console/alerts?table=image_audit_results")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rows(&other), 0);
+    let future = http
+        .get("/console/alerts?from=2999-01-01T00:00")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rows(&future), 0, "times filter");
+
+    // The audit log's time and text filters reach the API.
+    let total = |html: &str| {
+        html.split_once(r#"<span id="total">"#)
+            .and_then(|(_, rest)| rest.split_once('<'))
+            .map(|(n, _)| n.parse::<u64>().unwrap())
+            .unwrap()
+    };
+    eventually("the console's calls are in the audit log", async || {
+        total(
+            &http
+                .get("/console/audit?text=/api/alerts")
+                .await
+                .text()
+                .await
+                .unwrap(),
+        ) >= 4
+    })
+    .await;
+    let before_2000 = http.get("/console/audit?to=2000-01-01T00:00").await;
+    assert_eq!(total(&before_2000.text().await.unwrap()), 0);
+    let failed_only = http
+        .get("/console/audit?result=1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(total(&failed_only), 0, "nothing failed");
+    app.app.stop().await;
+}
