@@ -11,6 +11,7 @@
 //! - `auth`: bearer tokens and roles.
 //! - `audit_log`: the operation audit log: declarations, masking, the writer.
 //! - `api`: the HTTP API and its OpenAPI document.
+//! - `console`: the operator console, web pages at `/console` over the API.
 //! - `app`: everything above assembled into one running service.
 //! - `check`: the operator's health check of a deployment.
 //! - `telemetry`: logging.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod channels;
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod mail;

@@ -165,6 +165,7 @@ pub async fn gate<E: Endpoint>(
     req.set_data(slot.clone());
     let request_body = body_value(&body);
     req.set_body(body);
+    let via_console = req.data::<super::auth::ConsoleCaller>().is_some();
 
     let response = next.call(req).await?.into_response();
     let principal = slot.take();
@@ -198,6 +199,12 @@ pub async fn gate<E: Endpoint>(
         }
         Value::Object(p)
     });
+    if via_console {
+        // Made by the operator console for a signed-in user (its page or form).
+        if let Value::Object(p) = params.get_or_insert_with(|| json!({})) {
+            p.insert("via".into(), Value::String("console".into()));
+        }
+    }
     let mut result = (audit.record_result && !failed)
         .then(|| body_value(&response_bytes))
         .flatten();

@@ -29,6 +29,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use poem_openapi::{Object, OpenApiService, Tags};
 
+pub use auth::ConsoleCaller;
 pub use error::{ApiError, ApiResult, Problem};
 
 use std::net::IpAddr;
@@ -391,7 +392,7 @@ fn name_path_param(e: poem::Error, path: &str) -> poem::Error {
     poem::Error::from_string(renamed, e.status())
 }
 
-/// Every route: the operations, `/openapi.json` and `/docs`.
+/// Every route: the operations, `/openapi.json`, `/docs` and the console.
 pub fn routes(
     state: AppState,
     cors_origins: &[String],
@@ -403,23 +404,36 @@ pub fn routes(
     let spec = api.spec_endpoint();
     let layer =
         audited.then(|| Arc::new(audit::AuditLayer::new(state.audit.clone(), trusted_proxies)));
+    let service: Arc<InProcess> = Arc::new(
+        Route::new()
+            .nest("/", api)
+            .at("/openapi.json", spec)
+            .at("/metrics", poem::get(metrics::metrics))
+            .at(
+                "/ack/:token",
+                poem::get(ack_page::show).post(ack_page::confirm),
+            )
+            .nest("/docs", docs)
+            .around(path_param_names)
+            .around(body_errors::name_body_fields)
+            .catch_all_error(error::into_problem)
+            .around(move |next, req| audit::gate(next, req, layer.clone()))
+            .data(state.clone())
+            .boxed(),
+    );
+    // The console calls the operations through `service`, in-process, so
+    // roles, validation and the audit log are the API's own.
+    let console = crate::console::routes(state, service.clone())
+        .around(|next, req| audit::gate(next, req, None));
     Route::new()
-        .nest("/", api)
-        .at("/openapi.json", spec)
-        .at("/metrics", poem::get(metrics::metrics))
-        .at(
-            "/ack/:token",
-            poem::get(ack_page::show).post(ack_page::confirm),
-        )
-        .nest("/docs", docs)
-        .around(path_param_names)
-        .around(body_errors::name_body_fields)
-        .catch_all_error(error::into_problem)
-        .around(move |next, req| audit::gate(next, req, layer.clone()))
-        .data(state)
+        .nest("/console", console)
+        .nest("/", service)
         .with_if(
             !cors_origins.is_empty(),
             Cors::new().allow_origins(cors_origins.iter().map(String::as_str)),
         )
         .around(request_span)
 }
+
+/// The service as the console calls it in-process (every route but the console).
+pub type InProcess = poem::endpoint::BoxEndpoint<'static, Response>;

@@ -10,6 +10,7 @@ mod auth;
 mod bots;
 mod channels;
 mod client;
+mod console;
 mod docs;
 mod escalation;
 mod faults;
