@@ -10,7 +10,12 @@ use super::view::{self, Form, Query};
 use super::{Inner, Visit};
 
 /// Notices a redirect after a change may ask for (`?notice=`).
-const NOTICES: &[&str] = &["recipient_added", "recipient_deleted", "template_saved"];
+const NOTICES: &[&str] = &[
+    "recipient_added",
+    "recipient_deleted",
+    "recipient_changed",
+    "template_saved",
+];
 
 fn notice(visit: &Visit, query: &Query) -> Value {
     match query.get("notice") {
@@ -71,6 +76,22 @@ impl Inner {
         let reply = self.api(visit, Method::DELETE, &path, None).await;
         match self.ok(visit, reply) {
             Ok(_) => view::redirect("/console/config?notice=recipient_deleted#recipients"),
+            Err(page) => *page,
+        }
+    }
+
+    /// Turns a recipient on or off (`active` = `true` / `false`).
+    pub(super) async fn set_recipient_active(
+        &self,
+        visit: &Visit,
+        id: &str,
+        form: &Form,
+    ) -> Response {
+        let path = format!("/api/config/recipients/{}", segment(id));
+        let body = json!({ "is_active": form.text("active") == "true" });
+        let reply = self.api(visit, Method::PUT, &path, Some(&body)).await;
+        match self.ok(visit, reply) {
+            Ok(_) => view::redirect("/console/config?notice=recipient_changed#recipients"),
             Err(page) => *page,
         }
     }

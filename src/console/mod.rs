@@ -137,8 +137,12 @@ impl Inner {
         match segments {
             ["logout"] => self.logout(visit).await,
             ["alerts", id, "resend"] => self.resend(visit, id).await,
+            ["alerts", id, "ack"] => self.acknowledge(visit, id).await,
             ["config", "recipients"] => self.add_recipient(visit, &form).await,
             ["config", "recipients", id, "delete"] => self.delete_recipient(visit, id).await,
+            ["config", "recipients", id, "active"] => {
+                self.set_recipient_active(visit, id, &form).await
+            }
             ["config", "smtp", id, "test"] => self.test_smtp(visit, id, &form).await,
             ["config", "templates", table] => self.save_template(visit, table, &form).await,
             ["config", "templates", table, "preview"] => {

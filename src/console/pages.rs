@@ -157,7 +157,9 @@ impl Inner {
         let status = alert["status"].as_str().unwrap_or("").to_owned();
         let row = self.row_of(&alert).await;
         let notice = match query.get("notice") {
-            Some("resent") => Value::String(visit.lang.text("resent").into()),
+            Some(key @ ("resent" | "acknowledged_now")) => {
+                Value::String(visit.lang.text(key).into())
+            }
             _ => Value::Null,
         };
         let data = json!({
@@ -195,6 +197,19 @@ impl Inner {
                 tracing::warn!(error = format!("{e:#}"), "console: the alert's row");
                 None
             }
+        }
+    }
+
+    /// Acknowledges the alert as the signed-in user, like the API's call.
+    pub(super) async fn acknowledge(&self, visit: &Visit, id: &str) -> Response {
+        let path = format!("/api/alerts/{}/ack", segment(id));
+        let reply = self.api(visit, Method::POST, &path, None).await;
+        match self.ok(visit, reply) {
+            Ok(_) => view::redirect(&format!(
+                "/console/alerts/{}?notice=acknowledged_now",
+                segment(id)
+            )),
+            Err(page) => *page,
         }
     }
 

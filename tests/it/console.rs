@@ -384,6 +384,29 @@ async fn console_every_page_and_form_in_a_browser() {
                  WHERE table_name = 'audit_results' AND email = 'ops@example.com'";
     assert_eq!(count(&app.client, added).await, 1);
     assert!(b.text("#recipients").await.contains("ops@example.com"));
+    // Fixed: switched off and on again.
+    let active = "SELECT count(*) FROM recipients_config
+                  WHERE email = 'ops@example.com' AND is_active";
+    let ops: i32 = app
+        .client
+        .query_one(
+            "SELECT id FROM recipients_config WHERE email = 'ops@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for (now, want) in [("false", 0), ("true", 1)] {
+        let toggle = format!(
+            "form[action='/console/config/recipients/{ops}/active']:has(input[value={now}])"
+        );
+        b.submit(&toggle, &[]).await;
+        eventually("the recipient is switched", async || {
+            count(&app.client, active).await == want
+        })
+        .await;
+        b.wait_for("/console/config", ".notice").await;
+    }
 
     // "Send test mail": the server's answer is on the page, good and bad.
     b.submit("form[action$='/test']", &[("to", "ops@example.com")])
@@ -431,6 +454,21 @@ async fn console_every_page_and_form_in_a_browser() {
         })
         .await;
     b.wait_for(&alert_path, ".notice").await;
+    // Acknowledged from its page, as the signed-in user.
+    b.client
+        .find(Locator::Id("ack"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_for(&alert_path, ".notice").await;
+    assert!(b.text("#acknowledged").await.contains("admin"));
+    assert!(!b.has("#ack").await, "acknowledged once");
+    let acked = format!(
+        "SELECT count(*) FROM email_sent_log WHERE id = {alert} AND acknowledged_by = 'admin'"
+    );
+    assert_eq!(count(&app.client, &acked).await, 1);
 
     // Alerts of two tables, spread over the day (raised now, then dated
     // back), for the overview's chart.
@@ -796,6 +834,8 @@ async fn every_console_form_refuses_a_missing_csrf_token() {
         "SELECT count(*) FROM email_sent_log WHERE status = 'failed'",
         "SELECT count(*) FROM alert_templates",
         "SELECT count(*) FROM console_sessions",
+        "SELECT count(*) FROM recipients_config WHERE is_active",
+        "SELECT count(*) FROM email_sent_log WHERE acknowledged_at IS NOT NULL",
     ];
     let mut before = Vec::new();
     for sql in watched {
