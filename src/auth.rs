@@ -158,6 +158,11 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// The SHA-256 of `ADMIN_TOKEN`, when it is set.
+    pub fn admin_digest(&self) -> Option<&[u8]> {
+        self.admin_digest.as_deref()
+    }
+
     pub fn new(admin_token: Option<&Secret>) -> Self {
         Self {
             admin_digest: admin_token.map(|t| digest(t.expose())),

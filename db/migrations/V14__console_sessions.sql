@@ -3,10 +3,13 @@
 -- HttpOnly cookie, the table only its SHA-256. A session carries its token's
 -- id (NULL for the environment's ADMIN_TOKEN), so every request re-checks the
 -- token: revoking or expiring it ends its sessions at once, and deleting it
--- deletes them. `csrf_token` is the value every form of the session carries.
+-- deletes them. A session of ADMIN_TOKEN keeps that token's SHA-256
+-- (`admin_token_hash`), so it ends when ADMIN_TOKEN is changed or removed.
+-- `csrf_token` is the value every form of the session carries.
 CREATE TABLE console_sessions (
     id_hash     bytea PRIMARY KEY,
     token_id    bigint REFERENCES api_tokens (id) ON DELETE CASCADE,
+    admin_token_hash bytea CHECK ((token_id IS NULL) = (admin_token_hash IS NOT NULL)),
     operator_id text NOT NULL,
     org_id      text,
     role        text NOT NULL CHECK (role IN ('viewer', 'operator', 'auditor', 'admin')),

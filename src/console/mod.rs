@@ -83,7 +83,7 @@ impl Inner {
             (&Method::POST, ["login"]) => return self.login(&mut req, lang).await,
             _ => {}
         }
-        let session = match session::find(&self.state.pool, &req).await {
+        let session = match session::find(&self.state, &req).await {
             Ok(Some(session)) => session,
             Ok(None) if method == Method::GET => return view::redirect("/console/login"),
             Ok(None) => {

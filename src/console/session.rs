@@ -24,6 +24,7 @@ use super::api_call::{Caller, Origin};
 use super::i18n::Lang;
 use super::view::{self, Form};
 use super::{Inner, Visit};
+use crate::api::AppState;
 use crate::audit_log::new_audit_id;
 use crate::audit_log::writer::Entry;
 use crate::auth::{Principal, Role};
@@ -81,21 +82,24 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -
     )
 }
 
-/// The live session the request's cookie names, if any.
-pub async fn find(pool: &Pool, req: &Request) -> anyhow::Result<Option<Session>> {
+/// The live session the request's cookie names, if any: its token is
+/// neither revoked nor expired, or, for `ADMIN_TOKEN`, that is still the one
+/// the service runs with.
+pub async fn find(state: &AppState, req: &Request) -> anyhow::Result<Option<Session>> {
     let Some(id) = cookie(req, SESSION_COOKIE) else {
         return Ok(None);
     };
     let id_hash = digest(id);
-    let client = crate::db::client(pool).await?;
+    let client = crate::db::client(&state.pool).await?;
     let row = client
         .query_opt(
             "SELECT s.token_id, s.operator_id, s.org_id, s.role, s.csrf_token
                FROM console_sessions s LEFT JOIN api_tokens t ON t.id = s.token_id
               WHERE s.id_hash = $1 AND s.expires_at > now()
-                AND (s.token_id IS NULL
-                     OR (t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())))",
-            &[&id_hash],
+                AND (s.admin_token_hash = $2
+                     OR (t.id IS NOT NULL AND t.revoked_at IS NULL
+                         AND (t.expires_at IS NULL OR t.expires_at > now())))",
+            &[&id_hash, &state.auth.admin_digest()],
         )
         .await
         .context("Failed to look up the console session")?;
@@ -113,8 +117,13 @@ pub async fn find(pool: &Pool, req: &Request) -> anyhow::Result<Option<Session>>
     }))
 }
 
-/// Stores a new session for `principal`; returns the id for the cookie.
-async fn create(pool: &Pool, principal: &Principal) -> anyhow::Result<String> {
+/// Stores a new session for `principal` (`admin`: the digest of the
+/// `ADMIN_TOKEN` it signed in with); returns the id for the cookie.
+async fn create(
+    pool: &Pool,
+    principal: &Principal,
+    admin: Option<&[u8]>,
+) -> anyhow::Result<String> {
     let id = random();
     let client = crate::db::client(pool).await?;
     client
@@ -124,8 +133,9 @@ async fn create(pool: &Pool, principal: &Principal) -> anyhow::Result<String> {
     client
         .execute(
             "INSERT INTO console_sessions
-                 (id_hash, token_id, operator_id, org_id, role, csrf_token, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+                 (id_hash, token_id, operator_id, org_id, role, csrf_token, expires_at,
+                  admin_token_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)",
             &[
                 &digest(&id),
                 &principal.token_id,
@@ -134,6 +144,7 @@ async fn create(pool: &Pool, principal: &Principal) -> anyhow::Result<String> {
                 &principal.role.as_str(),
                 &random(),
                 &(LIFETIME.as_secs() as f64),
+                &principal.token_id.is_none().then_some(admin).flatten(),
             ],
         )
         .await
@@ -198,7 +209,7 @@ impl Inner {
             StatusCode::UNAUTHORIZED => return self.login_form(req, lang, Some("token_invalid")),
             status => return self.views.refused(lang, status, "unavailable"),
         };
-        match create(&self.state.pool, &principal).await {
+        match create(&self.state.pool, &principal, self.state.auth.admin_digest()).await {
             Ok(id) => {
                 let mut response = view::redirect("/console/");
                 let max_age = LIFETIME.as_secs();

@@ -784,7 +784,28 @@ async fn console_session_ends_when_its_token_is_revoked_or_signed_out() {
             OR response_result::text LIKE '%{operator}%'"
     );
     assert_eq!(count(&app.client, &leaked).await, 0);
+
+    // A session of ADMIN_TOKEN outlives a restart with the same token, and
+    // ends when the service runs with another one.
+    let http = Http::sign_in(&base, ADMIN_TOKEN).await;
     app.app.stop().await;
+    for (admin_token, status) in [(ADMIN_TOKEN, 200), ("another-admin-token-9876543210", 303)] {
+        let restarted =
+            audit_alert::app::App::start(&app.db.config_with(&[("ADMIN_TOKEN", admin_token)]))
+                .await
+                .unwrap();
+        let again = Http {
+            base: format!("http://{}", restarted.addr()),
+            http: http.http.clone(),
+            cookie: http.cookie.clone(),
+        };
+        assert_eq!(
+            again.get("/console/").await.status(),
+            status,
+            "{admin_token}"
+        );
+        restarted.stop().await;
+    }
 }
 
 #[tokio::test]
