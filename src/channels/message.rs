@@ -406,6 +406,16 @@ mod tests {
 
     /// Builds for table "posts" at 1700000000 s; the request and its body.
     fn make(kind: ChannelKind, alerts: &[AlertLine], console: Option<&str>) -> (Request, Value) {
+        make_as(kind, alerts, console, false)
+    }
+
+    /// [`make`], of alerts or of resolution notices.
+    fn make_as(
+        kind: ChannelKind,
+        alerts: &[AlertLine],
+        console: Option<&str>,
+        notice: bool,
+    ) -> (Request, Value) {
         let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
         let request = build(
             kind,
@@ -416,7 +426,7 @@ mod tests {
                 alerts,
                 console_url: console,
                 block: None,
-                notice: false,
+                notice,
             },
             now,
         );
@@ -442,24 +452,8 @@ mod tests {
 
     #[test]
     fn a_resolution_notice_has_its_own_title_colour_and_block() {
-        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
         let alerts = [alert(7, "合格", 2, "x")];
-        let notice = |kind| {
-            let request = build(
-                kind,
-                URL,
-                SECRET,
-                &Message {
-                    table: "posts",
-                    alerts: &alerts,
-                    console_url: None,
-                    block: None,
-                    notice: true,
-                },
-                now,
-            );
-            serde_json::from_slice::<Value>(&request.body).unwrap()
-        };
+        let notice = |kind| make_as(kind, &alerts, None, true).1;
         let body = notice(ChannelKind::DingTalk);
         assert_eq!(body["markdown"]["title"], "【告警已解除】posts 1 条");
         let text = body["markdown"]["text"].as_str().unwrap();

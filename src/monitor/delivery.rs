@@ -105,11 +105,17 @@ impl Worker {
             .iter()
             .map(|a| {
                 let to = if a.notice {
+                    // Those of them still recipients or channels of the table.
+                    let (recipients, channels) = snapshot.destinations(a);
                     let mut to: Vec<String> = told
                         .get(&a.id)
                         .into_iter()
                         .flatten()
                         .map(|d| d.to_lowercase())
+                        .filter(|d| {
+                            recipients.iter().any(|r| r.email.eq_ignore_ascii_case(d))
+                                || channels.iter().any(|c| c.destination() == *d)
+                        })
                         .collect();
                     to.sort();
                     to
@@ -119,7 +125,8 @@ impl Worker {
                 (a.id, to)
             })
             .collect();
-        // A notice for an alert nobody got tells nobody: recorded, not sent.
+        // A notice for an alert nobody (still here) got tells nobody:
+        // recorded, not sent.
         let nobody: Vec<i64> = claimed
             .iter()
             .filter(|a| a.notice && routed[&a.id].is_empty())

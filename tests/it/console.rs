@@ -166,6 +166,18 @@ impl Browser {
         form.submit().await.unwrap();
     }
 
+    /// The `href` of the first element `css` finds.
+    async fn href(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     async fn sign_in(&self, base: &str, token: &str) {
         self.goto(&format!("{base}/console/login")).await;
         self.submit("form[action='/console/login']", &[("token", token)])
@@ -532,15 +544,7 @@ async fn console_every_page_and_form_in_a_browser() {
     })
     .await;
     b.walk(&base, "/console/audit", "#audit", "audit").await;
-    let entry = b
-        .client
-        .find(Locator::Css("#audit tbody a"))
-        .await
-        .unwrap()
-        .attr("href")
-        .await
-        .unwrap()
-        .unwrap();
+    let entry = b.href("#audit tbody a").await;
     b.walk(&base, &entry, "#entry", "audit-entry").await;
     b.walk(&base, "/console/tokens", "#create-token", "tokens")
         .await;
@@ -672,15 +676,7 @@ async fn console_roles_see_and_may_do_what_the_api_lets_them() {
         "the viewer's refused calls: {rows}"
     );
     assert!(!rows.contains("auditor.wang"), "filtered by operator");
-    let export = b
-        .client
-        .find(Locator::Id("export"))
-        .await
-        .unwrap()
-        .attr("href")
-        .await
-        .unwrap()
-        .unwrap();
+    let export = b.href("#export").await;
     assert!(export.contains("operator_id=viewer.li"), "{export}");
     let csv = b
         .client
