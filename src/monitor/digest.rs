@@ -47,48 +47,45 @@ pub fn group<'a>(
     max_records: usize,
     routed: &HashMap<i64, Vec<String>>,
 ) -> Vec<Digest<'a>> {
-    type Key<'k> = (
-        &'k str,
-        bool,
-        Vec<String>,
-        Vec<String>,
-        Option<&'static str>,
-        bool,
-    );
-    let mut by_key: BTreeMap<Key<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
+    /// What the alerts of one digest share.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Shared<'k> {
+        table: &'k str,
+        escalating: bool,
+        done: Vec<String>,
+        routed: Vec<String>,
+        settled: Option<&'static str>,
+        notice: bool,
+    }
+    let mut by_key: BTreeMap<Shared<'a>, Vec<&ClaimedAlert>> = BTreeMap::new();
     for a in alerts {
         let mut done: Vec<String> = a.done().into_iter().collect();
         done.sort();
-        let to = routed.get(&a.id).cloned().unwrap_or_default();
-        by_key
-            .entry((
-                a.table_name.as_str(),
-                a.escalating,
-                done,
-                to,
-                a.settled,
-                a.notice,
-            ))
-            .or_default()
-            .push(a);
+        let shared = Shared {
+            table: a.table_name.as_str(),
+            escalating: a.escalating,
+            done,
+            routed: routed.get(&a.id).cloned().unwrap_or_default(),
+            settled: a.settled,
+            notice: a.notice,
+        };
+        by_key.entry(shared).or_default().push(a);
     }
     by_key
         .into_iter()
-        .flat_map(
-            |((table, escalating, _, routed, settled, notice), alerts)| {
-                alerts
-                    .chunks(max_records.max(1))
-                    .map(|chunk| Digest {
-                        table,
-                        alerts: chunk.to_vec(),
-                        routed: routed.clone(),
-                        escalating,
-                        settled,
-                        notice,
-                    })
-                    .collect::<Vec<_>>()
-            },
-        )
+        .flat_map(|(shared, alerts)| {
+            alerts
+                .chunks(max_records.max(1))
+                .map(|chunk| Digest {
+                    table: shared.table,
+                    alerts: chunk.to_vec(),
+                    routed: shared.routed.clone(),
+                    escalating: shared.escalating,
+                    settled: shared.settled,
+                    notice: shared.notice,
+                })
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
