@@ -109,7 +109,7 @@ pub fn svg(figures: &Figures, lang: Lang) -> String {
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#666\">{}</text>",
             x(i),
             top + plot_h + 16.0,
-            at.format("%H:00")
+            at.with_timezone(&super::view::ZONE).format("%H:00")
         );
     }
     if figures.series.is_empty() {

@@ -153,7 +153,7 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("counts", "告警数量", "Alerts"),
     ("last_hour", "最近 1 小时", "Last hour"),
     ("last_day", "最近 24 小时", "Last 24 hours"),
-    ("chart_title", "每小时告警数（按表，最近 24 小时，UTC）", "Alerts per hour by table (last 24 h, UTC)"),
+    ("chart_title", "每小时告警数（按表，最近 24 小时，北京时间）", "Alerts per hour by table (last 24 h, Beijing time)"),
     ("chart_empty", "最近 24 小时没有告警", "No alerts in the last 24 hours"),
     // Alert states
     ("status_pending", "待发送", "pending"),
@@ -172,7 +172,8 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("any", "全部", "any"),
     ("filter", "筛选", "Filter"),
     ("total", "共", "Total"),
-    ("times_utc", "时间均为 UTC", "times in UTC"),
+    ("times_zone", "时间均为北京时间（UTC+8）", "times in Beijing time (UTC+8)"),
+    ("zone", "北京时间", "Beijing time"),
     ("none", "暂无记录", "Nothing here"),
     ("page", "第", "Page"),
     ("prev", "上一页", "Previous"),

@@ -19,17 +19,21 @@ pub const STATUSES: &[&str] = &[
     "baseline",
 ];
 
-/// `2024-05-01T08:00` (a `datetime-local` field, read as UTC) as RFC 3339.
+/// `2024-05-01T08:00` (a `datetime-local` field, read as Beijing time, as
+/// the pages show times) as RFC 3339.
 pub fn local_time(value: &str) -> String {
+    use chrono::TimeZone;
     let value = value.trim();
     if value.is_empty() {
         return String::new();
     }
     chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M")
         .or_else(|_| chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S"))
-        .map(|t| t.and_utc().to_rfc3339())
+        .ok()
+        .and_then(|t| super::view::ZONE.from_local_datetime(&t).earliest())
+        .map(|t| t.to_rfc3339())
         // Not a field's value: the API names it in its answer.
-        .unwrap_or_else(|_| value.to_owned())
+        .unwrap_or_else(|| value.to_owned())
 }
 
 /// Links to the neighbouring pages of a list at `base` with `filters`.
@@ -220,5 +224,18 @@ impl Inner {
             Ok(_) => view::redirect(&format!("/console/alerts/{}?notice=resent", segment(id))),
             Err(page) => *page,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_filters_read_in_beijing_time() {
+        assert_eq!(
+            super::local_time("2024-05-01T10:00"),
+            "2024-05-01T10:00:00+08:00"
+        );
+        assert_eq!(super::local_time("soon"), "soon");
+        assert_eq!(super::local_time(" "), "");
     }
 }

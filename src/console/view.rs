@@ -35,10 +35,17 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 
 handlebars_helper!(time: |s: str| format_time(s));
 
-/// `2024-05-01 08:00:00` (UTC) from RFC 3339; other text as it is.
+/// The zone the console shows times in: Beijing time, like the mails.
+pub const ZONE: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
+
+/// `2024-05-01 16:00:00` (Beijing time) from RFC 3339; other text as it is.
 fn format_time(s: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string())
+        .map(|t| {
+            t.with_timezone(&ZONE)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
         .unwrap_or_else(|_| s.to_owned())
 }
 
@@ -250,10 +257,11 @@ mod tests {
     }
 
     #[test]
-    fn times_read_as_utc() {
+    fn times_read_in_beijing_time() {
+        assert_eq!(format_time("2024-05-01T02:00:00Z"), "2024-05-01 10:00:00");
         assert_eq!(
             format_time("2024-05-01T10:00:00+08:00"),
-            "2024-05-01 02:00:00"
+            "2024-05-01 10:00:00"
         );
         assert_eq!(format_time("soon"), "soon");
     }
