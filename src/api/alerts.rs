@@ -310,12 +310,21 @@ impl AlertsApi {
         // Re-sends usually follow a configuration fix: load it before the
         // alert can be claimed, so the send uses it.
         state.worker.reload().await?;
-        match monitor::resend(&state.pool, id.0).await? {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        match monitor::resend(&tx, id.0).await? {
             Resend::Queued => {
-                // Read as re-queued, then let delivery take it.
-                let alert = read_alert(&state, id.0).await;
+                // Read as re-queued (the row is locked until the commit, so
+                // no copy has claimed it yet), then let delivery take it.
+                let row = tx
+                    .query_one(
+                        &format!("SELECT {COLUMNS} FROM email_sent_log WHERE id = $1"),
+                        &[&id.0],
+                    )
+                    .await?;
+                tx.commit().await?;
                 state.worker.wake();
-                alert.map(Json)
+                Ok(Json(to_alert(&row)))
             }
             Resend::Missing => Err(not_found(id.0)),
             Resend::NotResendable(status) => Err(ApiError::conflict(

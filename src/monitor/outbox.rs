@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use serde_json::Value;
 
 use crate::db;
@@ -566,8 +566,8 @@ pub enum Resend {
 
 /// Puts a failed, suppressed or silenced alert back in line: attempts, recipients and
 /// errors start over, and it goes to every active recipient of its table.
-pub async fn resend(pool: &Pool, id: i64) -> anyhow::Result<Resend> {
-    let client = db::client(pool).await?;
+/// Within a transaction, no copy claims it before the transaction ends.
+pub async fn resend(client: &impl GenericClient, id: i64) -> anyhow::Result<Resend> {
     let queued = client
         .execute(
             "UPDATE email_sent_log
