@@ -101,6 +101,20 @@ impl Worker {
         } else {
             outbox::told_of(pool, &notices).await?
         };
+        // A notice for an alert still being delivered waits until it is
+        // over, so that it knows everyone who got it.
+        let early: Vec<i64> = claimed
+            .iter()
+            .filter(|a| a.notice && told.get(&a.id).is_some_and(|(_, over)| !over))
+            .map(|a| a.id)
+            .collect();
+        if !early.is_empty() {
+            outbox::postpone(pool, &self.0.id, &early, Duration::from_secs(1)).await?;
+            claimed.retain(|a| !early.contains(&a.id));
+            if claimed.is_empty() {
+                return Ok(held_count + early.len());
+            }
+        }
         let mut routed: HashMap<i64, Vec<String>> = claimed
             .iter()
             .map(|a| {
@@ -110,7 +124,7 @@ impl Worker {
                     let mut to: Vec<String> = told
                         .get(&a.id)
                         .into_iter()
-                        .flatten()
+                        .flat_map(|(to, _)| to)
                         .map(|d| d.to_lowercase())
                         .filter(|d| {
                             recipients.iter().any(|r| r.email.eq_ignore_ascii_case(d))

@@ -485,18 +485,19 @@ pub async fn recheck_holds(pool: &Pool) -> anyhow::Result<u64> {
 }
 
 /// Who got the uncertain alert each resolution notice clears: notice id →
-/// the alert's `delivered_to`.
+/// the alert's `delivered_to`, and whether its delivery is over (not still
+/// pending or being sent).
 pub async fn told_of(
     pool: &Pool,
     notices: &[&ClaimedAlert],
-) -> anyhow::Result<HashMap<i64, Vec<String>>> {
+) -> anyhow::Result<HashMap<i64, (Vec<String>, bool)>> {
     let ids: Vec<i64> = notices.iter().map(|a| a.id).collect();
     let tables: Vec<&str> = notices.iter().map(|a| a.table_name.as_str()).collect();
     let records: Vec<&str> = notices.iter().map(|a| a.record_id.as_str()).collect();
     let client = db::client(pool).await?;
     let rows = client
         .query(
-            "SELECT n.id, e.delivered_to
+            "SELECT n.id, e.delivered_to, e.status NOT IN ('pending', 'sending')
                FROM unnest($1::bigint[], $2::text[], $3::text[]) AS n(id, table_name, record_id)
                JOIN email_sent_log e ON e.table_name = n.table_name
                 AND e.record_id = n.record_id AND e.verdict = $4",
@@ -504,7 +505,31 @@ pub async fn told_of(
         )
         .await
         .context("Failed to read whom the cleared alerts went to")?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Gives claimed alerts back, without an attempt counted, to be looked at
+/// again after `delay`.
+pub async fn postpone(
+    pool: &Pool,
+    worker: &str,
+    ids: &[i64],
+    delay: Duration,
+) -> anyhow::Result<u64> {
+    let client = db::client(pool).await?;
+    client
+        .execute(
+            "UPDATE email_sent_log
+                SET status = 'pending', attempts = attempts - 1, locked_by = NULL,
+                    next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
+              WHERE id = ANY($2) AND locked_by = $1",
+            &[&worker, &ids, &delay.as_secs_f64()],
+        )
+        .await
+        .context("Failed to postpone claimed alerts")
 }
 
 /// What acknowledging found.
