@@ -229,8 +229,8 @@ impl Worker {
             if !self.0.take_in_wanted.swap(false, Ordering::SeqCst) {
                 return Ok(());
             }
-            let taken = match intake::take_in(&self.0.intake).await {
-                Ok((taken, _)) => taken,
+            let taken = match intake::take_in(&self.0.intake, &self.snapshot().tables).await {
+                Ok(taken) => taken,
                 Err(e) => {
                     self.0.take_in_wanted.store(true, Ordering::SeqCst);
                     return Err(e);
@@ -239,9 +239,9 @@ impl Worker {
             let since = self
                 .0
                 .taken_since_vacuum
-                .fetch_add(taken, Ordering::Relaxed)
-                + taken;
-            if taken >= intake::TAKE_IN_BATCH as u64 {
+                .fetch_add(taken.reports, Ordering::Relaxed)
+                + taken.reports;
+            if taken.more() {
                 self.0.take_in_wanted.store(true, Ordering::SeqCst);
                 self.wake();
                 return Ok(());

@@ -27,14 +27,14 @@ mod sweeper;
 mod tables;
 
 pub use configuration::ReloadGuard;
-pub use intake::{intake_pool, take_in, TAKE_IN_BATCH};
+pub use intake::{intake_pool, take_in, TakenIn, RANGE_WIDTH, TAKE_IN_BATCH, TAKE_IN_RANGES};
 pub use outbox::{
     claim, complete, count_by_status, delivery_pool, next_due, recheck_holds, resend, unclaim,
     Acknowledged, AlertStatus, ClaimedAlert, Outcome, Resend,
 };
 /// The outbox and intake statements, for the tests of their plans.
 pub mod statements {
-    pub use super::intake::TAKE_IN;
+    pub use super::intake::{take_in_params, take_in_statement};
     pub use super::outbox::{CLAIM, RECORD_OUTCOME};
 }
 pub use chat::{take_send, ChannelResult};

@@ -48,7 +48,7 @@ pub async fn sweep(
     full: bool,
 ) -> anyhow::Result<SweepReport> {
     let started = Instant::now();
-    take_in_reported(intake).await?;
+    take_in_reported(intake, tables).await?;
     let mut report = SweepReport::default();
     let mut first_error = None;
     for table in tables {
@@ -79,11 +79,10 @@ pub async fn sweep(
 /// reported after that (or after the last statement started) and not yet
 /// taken in when the sweep reads the table is recorded by the sweep, still
 /// once, and not counted as found.
-async fn take_in_reported(intake: &Pool) -> anyhow::Result<()> {
+async fn take_in_reported(intake: &Pool, tables: &[WatchedTable]) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < TAKE_IN_FOR {
-        let (taken, _) = intake::take_in(intake).await?;
-        if taken < intake::TAKE_IN_BATCH as u64 {
+        if !intake::take_in(intake, tables).await?.more() {
             break;
         }
     }
@@ -113,8 +112,20 @@ async fn sweep_table(pool: &Pool, table: &WatchedTable, full: bool) -> anyhow::R
     // Records every flagged row without an alert; counts as found only those
     // no trigger reported either: a row reported after the sweep took in and
     // before it read the table is recorded here too (its report is then
-    // taken in as nothing new), but it was not missed. The inbox is read
-    // only for the rows recorded here, mostly none.
+    // taken in as nothing new), but it was not missed. The inbox (and the
+    // ranges, for integer ids) is read only for the rows recorded here,
+    // mostly none.
+    let in_ranges = if table.has_integer_ids() {
+        format!(
+            "AND NOT EXISTS (SELECT 1 FROM alert_inbox_ranges g
+                              WHERE g.table_name = $1::text
+                                AND r.record_id::bigint BETWEEN g.from_id
+                                    AND coalesce(g.through_id, g.from_id + {}))",
+            intake::RANGE_WIDTH - 1
+        )
+    } else {
+        String::new()
+    };
     let insert = |range: &str| {
         format!(
             "WITH recorded AS (
@@ -129,7 +140,7 @@ async fn sweep_table(pool: &Pool, table: &WatchedTable, full: bool) -> anyhow::R
              SELECT count(*) FROM recorded r
               WHERE NOT EXISTS (SELECT 1 FROM alert_inbox i
                                  WHERE i.table_name = $1::text AND i.record_id = r.record_id
-                                   AND i.verdict = r.verdict)",
+                                   AND i.verdict = r.verdict) {in_ranges}",
             rel = table.relation
         )
     };

@@ -452,6 +452,18 @@ pub async fn insert_audit_rows_bypassing_triggers(
     ids
 }
 
+/// The watched tables as a copy of the service loads them.
+pub async fn watched_tables(db: &TestDb) -> Vec<audit_alert::monitor::WatchedTable> {
+    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
+    let tables = audit_alert::monitor::Snapshot::load(&pool, None)
+        .await
+        .unwrap()
+        .tables
+        .clone();
+    pool.close();
+    tables
+}
+
 /// Polls the outbox until `sql` (a count query) returns `expected`, or fails.
 pub async fn wait_for_count_query(client: &tokio_postgres::Client, sql: &str, expected: i64) {
     eventually(&format!("`{sql}`"), async || {

@@ -636,11 +636,12 @@ async fn due_alerts_are_claimed_in_index_order_whatever_the_statistics() {
         .collect();
     let delivery = monitor::delivery_pool(&db.config().database, 1).unwrap();
     let intake = monitor::intake_pool(&db.config().database).unwrap();
+    let watched = watched_tables(&db).await;
     let mut taken_in = 0;
     loop {
-        let (taken, added) = monitor::take_in(&intake).await.unwrap();
-        taken_in += added;
-        if taken < monitor::TAKE_IN_BATCH as u64 {
+        let taken = monitor::take_in(&intake, &watched).await.unwrap();
+        taken_in += taken.added;
+        if !taken.more() {
             break;
         }
     }
@@ -737,7 +738,13 @@ async fn a_late_outcome_from_a_worker_whose_lease_was_taken_over_changes_nothing
     insert_audit_rows(&client, 5, FAIL).await;
     let pool = monitor::delivery_pool(&db.config().database, 1).unwrap();
     let intake = monitor::intake_pool(&db.config().database).unwrap();
-    assert_eq!(monitor::take_in(&intake).await.unwrap(), (5, 5));
+    let watched = watched_tables(&db).await;
+    let taken = monitor::take_in(&intake, &watched).await.unwrap();
+    assert_eq!(
+        (taken.reports, taken.ranges, taken.added),
+        (1, 1, 5),
+        "the first reported on its own, the rest as a range"
+    );
     let tables = vec!["audit_results".to_owned()];
     let expired = std::time::Duration::ZERO;
     let first = monitor::claim(&pool, &tables, 10, "first", expired)
@@ -876,16 +883,45 @@ async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
     );
 
     let intake = monitor::intake_pool(&db.config().database).unwrap();
-    // Those taken are deleted by their place, not by testing every row.
-    let nodes = plan_nodes(&intake, statements::TAKE_IN, &[&monitor::TAKE_IN_BATCH]).await;
-    let deleted_by: Vec<_> = nodes
+    let watched = watched_tables(&db).await;
+    // Those taken are deleted by their place, not by testing every row; a
+    // range is read from its table's index for that range alone.
+    let params = statements::take_in_params(&watched);
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
         .iter()
-        .filter(|n| n["Alias"] == "alert_inbox_1" && n["Node Type"] != "ModifyTable")
-        .map(|n| n["Node Type"].as_str().unwrap_or_default())
+        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
-    assert_eq!(deleted_by, ["Tid Scan"], "{nodes:?}");
-    assert_eq!(monitor::take_in(&intake).await.unwrap(), (3, 1));
-    assert_eq!(monitor::take_in(&intake).await.unwrap(), (0, 0));
+    let nodes = plan_nodes(&intake, &statements::take_in_statement(&watched), &params).await;
+    for inbox in ["alert_inbox_1", "alert_inbox_ranges_1"] {
+        let deleted_by: Vec<_> = nodes
+            .iter()
+            .filter(|n| n["Alias"] == inbox && n["Node Type"] != "ModifyTable")
+            .map(|n| n["Node Type"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(deleted_by, ["Tid Scan"], "{inbox}: {nodes:?}");
+    }
+    let text = serde_json::Value::Array(nodes.clone()).to_string();
+    assert!(!text.contains("Seq Scan on audit_results"), "{text}");
+    let by_range: Vec<_> = nodes
+        .iter()
+        .filter(|n| n["Index Name"] == "audit_results_pkey")
+        .map(|n| n["Index Cond"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        by_range,
+        ["((id >= r.from_id) AND (id <= r.through_id))"],
+        "{text}"
+    );
+    let taken = monitor::take_in(&intake, &watched).await.unwrap();
+    assert_eq!(
+        (taken.reports, taken.ranges, taken.added),
+        (2, 1, 1),
+        "the first row reported twice, the second in a range, with its alert already"
+    );
+    assert_eq!(
+        monitor::take_in(&intake, &watched).await.unwrap(),
+        monitor::TakenIn::default()
+    );
     assert_eq!((inbox(twice).await, inbox(earlier).await), (0, 0));
     let alerts: Vec<(String, String)> = client
         .query(
@@ -906,9 +942,139 @@ async fn reported_alerts_are_taken_in_once_whatever_was_reported_twice() {
     );
 }
 
+/// A transaction that writes many flagged rows reports its first on its own
+/// and the rest as ranges of ids, which taking in reads back from the table.
+/// Whatever the shape of the writes (ids out of order, past a range's width,
+/// a savepoint rolled back, constraints set immediate, several statements),
+/// every flagged row becomes one alert and no passing row does; the sweep
+/// finds nothing missed; and a range waits for a copy that knows its table.
+#[tokio::test]
+async fn bulk_writes_report_ranges_and_every_flagged_row_alerts_once() {
+    use audit_alert::monitor;
+
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let client = db.client().await;
+    let reported = async || -> (i64, i64) {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM alert_inbox), (SELECT count(*) FROM alert_inbox_ranges)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+
+    // 1,000 rows in one statement, two in three flagged.
+    let ids: Vec<i64> = client
+        .query(
+            "INSERT INTO audit_results (verdict, url)
+             SELECT (ARRAY[$1, $2, $3])[g % 3 + 1], 'https://example.com/' || g
+               FROM generate_series(1, 1000) g RETURNING id",
+            &[&PASS, &FAIL, &UNSURE],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reported().await, (1, 1));
+    let range: (i64, i64) = client
+        .query_one("SELECT from_id, through_id FROM alert_inbox_ranges", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        range,
+        (ids[1], ids[999]),
+        "from the second flagged row to the last row"
+    );
+
+    // Ids chosen by the writer: one below the open range and one past its
+    // width are reported on their own or open the next range; a savepoint
+    // rolled back takes its range with it.
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO audit_results (id, verdict) VALUES
+                 (500000, '{FAIL}'), (500001, '{PASS}'), (500002, '{UNSURE}'), (400000, '{FAIL}'),
+                 (520000, '{FAIL}'), (520001, '{FAIL}');
+             SAVEPOINT s;
+             INSERT INTO audit_results (id, verdict) VALUES (530000, '{FAIL}'), (530001, '{FAIL}');
+             ROLLBACK TO s;
+             INSERT INTO audit_results (id, verdict) VALUES (530005, '{FAIL}'), (530006, '{PASS}'),
+                 (530007, '{FAIL}');
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        reported().await,
+        (3, 4),
+        "500000 and 400000; 500002, 520000, 530005"
+    );
+    // Constraints set immediate: ranges close at the end of each statement.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE;
+             INSERT INTO audit_results (verdict) SELECT '{FAIL}' FROM generate_series(1, 3);
+             INSERT INTO audit_results (verdict) SELECT '{UNSURE}' FROM generate_series(1, 3);
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    // More ranges than one taking in takes.
+    insert_audit_rows(&client, 25_000, FAIL).await;
+
+    let intake = monitor::intake_pool(&db.config().database).unwrap();
+    let (_, ranges) = reported().await;
+    let taken = monitor::take_in(&intake, &[]).await.unwrap();
+    assert_eq!(
+        taken.ranges, 0,
+        "no range of a table this copy does not know"
+    );
+    assert_eq!(reported().await, (0, ranges));
+    let watched = watched_tables(&db).await;
+    let mut rounds = 0;
+    while monitor::take_in(&intake, &watched).await.unwrap().more() {
+        rounds += 1;
+    }
+    assert!(rounds >= 1, "{ranges} ranges in one taking in");
+    assert_eq!(reported().await, (0, 0));
+
+    let pool = audit_alert::db::pool(&db.config().database, 1).unwrap();
+    let report = monitor::sweep(&pool, &intake, &watched, true)
+        .await
+        .unwrap();
+    assert_eq!(report.found, 0, "a flagged row no report covered");
+    let ids = async |sql: &str| -> std::collections::BTreeSet<String> {
+        let rows = client.query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    let alerted =
+        ids("SELECT record_id FROM email_sent_log WHERE table_name = 'audit_results'").await;
+    let flagged = ids(&format!(
+        "SELECT id::text FROM audit_results WHERE verdict IN ('{FAIL}', '{UNSURE}')"
+    ))
+    .await;
+    assert_eq!(flagged.len(), 667 + 7 + 6 + 25_000);
+    assert_eq!(
+        (
+            alerted.difference(&flagged).collect::<Vec<_>>(),
+            flagged.difference(&alerted).collect::<Vec<_>>()
+        ),
+        (Vec::<&String>::new(), Vec::<&String>::new()),
+        "alerts for passing rows, and flagged rows without one"
+    );
+    pool.close();
+    intake.close();
+}
+
 /// After a burst the inbox holds a dead row for each alert it took in, and
 /// every taking in would read them all until autovacuum came (here it never
-/// does): the end of the burst vacuums it.
+/// does): the end of the burst vacuums it. (Re-reviews are reported one row
+/// at a time, even in one statement.)
 #[tokio::test]
 async fn the_inbox_is_vacuumed_after_a_burst() {
     let db = TestDb::new().await;
@@ -918,9 +1084,13 @@ async fn the_inbox_is_vacuumed_after_a_burst() {
         .batch_execute("ALTER TABLE alert_inbox SET (autovacuum_enabled = off)")
         .await
         .unwrap();
+    insert_audit_rows(&client, 12_000, PASS).await;
     let app = db.start().await;
     wait_until_listening(&app).await;
-    insert_audit_rows(&client, 12_000, FAIL).await;
+    client
+        .execute("UPDATE audit_results SET verdict = $1", &[&FAIL])
+        .await
+        .unwrap();
     wait_for_count_query(&client, "SELECT count(*) FROM email_sent_log", 12_000).await;
     wait_for_count_query(
         &client,
@@ -970,5 +1140,6 @@ async fn a_reported_row_the_sweep_records_first_is_not_counted_as_found() {
     assert_eq!(recorded, [reported.to_string(), bypassed.to_string()]);
 
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(monitor::take_in(&intake).await.unwrap(), (1, 0));
+    let taken = monitor::take_in(&intake, &snapshot.tables).await.unwrap();
+    assert_eq!((taken.reports, taken.added), (1, 0));
 }
