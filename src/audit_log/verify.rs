@@ -136,8 +136,10 @@ pub async fn verify(
     until: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Result<Summary, Tampering>> {
     let mut client = crate::db::client(pool).await?;
-    // One snapshot for the chains, the checkpoints and the entries; the sort
-    // of the entries in memory when it fits.
+    // One snapshot for the chains, the checkpoints and the entries. Only
+    // the entries' places are sorted (in memory when they fit), and each
+    // entry is then fetched by its place: sorting whole entries took most
+    // of the time, and nothing came before it ended.
     let client = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -146,7 +148,10 @@ pub async fn verify(
         .await
         .context("Failed to start reading the audit log")?;
     client
-        .batch_execute("SET LOCAL work_mem = '64MB'")
+        .batch_execute(
+            "SET LOCAL work_mem = '64MB'; SET LOCAL enable_hashjoin = off;
+             SET LOCAL enable_mergejoin = off",
+        )
         .await
         .context("Failed to start reading the audit log")?;
     let starts = chain_starts(&client, secrets).await?;
@@ -325,15 +330,18 @@ async fn read(
 ) -> anyhow::Result<()> {
     let rows = client
         .query_raw(
-            "SELECT audit_id, operation_time, operation_ip, operator_id, operator_org_id, role_id,
-                    request_params::text, response_result::text, operation_url, operation_method,
-                    operation_desc, operation_result, error_msg, duration_ms,
-                    chain_id, chain_seq, prev_hash, entry_hash
-               FROM audit_log
-              WHERE chain_id IS NOT NULL
-                AND ($1::timestamptz IS NULL OR operation_time >= $1)
-                AND ($2::timestamptz IS NULL OR operation_time < $2)
-              ORDER BY chain_id, chain_seq",
+            "SELECT a.audit_id, a.operation_time, a.operation_ip, a.operator_id,
+                    a.operator_org_id, a.role_id, a.request_params::text,
+                    a.response_result::text, a.operation_url, a.operation_method,
+                    a.operation_desc, a.operation_result, a.error_msg, a.duration_ms,
+                    a.chain_id, a.chain_seq, a.prev_hash, a.entry_hash
+               FROM (SELECT ctid AS place, chain_id, chain_seq FROM audit_log
+                      WHERE chain_id IS NOT NULL
+                        AND ($1::timestamptz IS NULL OR operation_time >= $1)
+                        AND ($2::timestamptz IS NULL OR operation_time < $2)
+                      ORDER BY chain_id, chain_seq) o
+              CROSS JOIN LATERAL (SELECT * FROM audit_log a WHERE a.ctid = o.place) a
+              ORDER BY o.chain_id, o.chain_seq",
             [&since as &(dyn tokio_postgres::types::ToSql + Sync), &until],
         )
         .await?;
