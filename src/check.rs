@@ -155,33 +155,30 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Finding>> {
     } else {
         Finding::Ok(format!("no failed alerts; {pending} pending"))
     });
-    // Rows stay in the inbox for milliseconds while a copy of the service runs.
-    // So do the ranges of ids bulk writes report.
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce(min(reported_at) < now() - interval '1 minute', false)
-               FROM alert_inbox",
-            &[],
-        )
-        .await?;
-    let (waiting, stale): (i64, bool) = (row.get(0), row.get(1));
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce(min(reported_at) < now() - interval '1 minute', false)
-               FROM alert_inbox_ranges",
-            &[],
-        )
-        .await?;
-    let (ranges, ranges_stale): (i64, bool) = (row.get(0), row.get(1));
-    if stale {
-        findings.push(Finding::Warn(format!(
-            "{waiting} alert(s) reported by the triggers wait in alert_inbox, the oldest for over a minute: no copy of the service is taking them in (is one running?)"
-        )));
-    }
-    if ranges_stale {
-        findings.push(Finding::Warn(format!(
-            "{ranges} range(s) of ids reported by bulk writes wait in alert_inbox_ranges, the oldest for over a minute: no copy of the service is taking them in (is one running?)"
-        )));
+    // Rows stay in the inbox for milliseconds while a copy of the service
+    // runs; so do the ranges of ids that bulk writes report.
+    for (table, what) in [
+        ("alert_inbox", "alert(s) reported by the triggers"),
+        (
+            "alert_inbox_ranges",
+            "range(s) of ids reported by bulk writes",
+        ),
+    ] {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(min(reported_at) < now() - interval '1 minute', false)
+                       FROM {table}"
+                ),
+                &[],
+            )
+            .await?;
+        let (waiting, stale): (i64, bool) = (row.get(0), row.get(1));
+        if stale {
+            findings.push(Finding::Warn(format!(
+                "{waiting} {what} wait in {table}, the oldest for over a minute: no copy of the service is taking them in (is one running?)"
+            )));
+        }
     }
     pool.close();
     Ok(findings)

@@ -54,8 +54,8 @@ impl Browser {
             );
             return None;
         };
-        // reqwest (checking on chromedriver) needs one; the service installs the same.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Installs the TLS provider reqwest (checking on chromedriver) needs.
+        init_tracing();
         let port = free_port();
         let profile = std::env::temp_dir().join(format!("aa-console-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&profile).unwrap();

@@ -28,6 +28,8 @@ fn admin_url() -> String {
 pub fn init_tracing() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // reqwest's TLS needs a provider; the service installs the same.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
