@@ -338,15 +338,39 @@ pub async fn unclaim(
     ids: &[i64],
     suppress: bool,
 ) -> anyhow::Result<u64> {
+    give_back(pool, worker, ids, suppress, Duration::ZERO).await
+}
+
+/// Gives claimed alerts back, without an attempt counted, to be looked at
+/// again after `delay`.
+pub async fn postpone(
+    pool: &Pool,
+    worker: &str,
+    ids: &[i64],
+    delay: Duration,
+) -> anyhow::Result<u64> {
+    give_back(pool, worker, ids, false, delay).await
+}
+
+/// The one statement behind [`unclaim`] and [`postpone`]: the worker's
+/// lease on `ids` ends, the attempt its claim counted is taken back, and
+/// they are due again after `delay` (or suppressed).
+async fn give_back(
+    pool: &Pool,
+    worker: &str,
+    ids: &[i64],
+    suppress: bool,
+    delay: Duration,
+) -> anyhow::Result<u64> {
     let client = db::client(pool).await?;
     client
         .execute(
             "UPDATE email_sent_log
                 SET status = CASE WHEN $3 THEN 'suppressed' ELSE 'pending' END,
-                    attempts = attempts - 1, next_attempt_at = now(), locked_by = NULL,
-                    updated_at = now()
+                    attempts = attempts - 1, locked_by = NULL,
+                    next_attempt_at = now() + make_interval(secs => $4), updated_at = now()
               WHERE id = ANY($2) AND locked_by = $1",
-            &[&worker, &ids, &suppress],
+            &[&worker, &ids, &suppress, &delay.as_secs_f64()],
         )
         .await
         .context("Failed to give back claimed alerts")
@@ -509,27 +533,6 @@ pub async fn told_of(
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect())
-}
-
-/// Gives claimed alerts back, without an attempt counted, to be looked at
-/// again after `delay`.
-pub async fn postpone(
-    pool: &Pool,
-    worker: &str,
-    ids: &[i64],
-    delay: Duration,
-) -> anyhow::Result<u64> {
-    let client = db::client(pool).await?;
-    client
-        .execute(
-            "UPDATE email_sent_log
-                SET status = 'pending', attempts = attempts - 1, locked_by = NULL,
-                    next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
-              WHERE id = ANY($2) AND locked_by = $1",
-            &[&worker, &ids, &delay.as_secs_f64()],
-        )
-        .await
-        .context("Failed to postpone claimed alerts")
 }
 
 /// What acknowledging found.
